@@ -1,0 +1,700 @@
+"""The blocking, thread-safe COS client the filesystem is built on."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+
+from .. import __version__
+from .body import BodySource, Payload
+from .config import CosConfig, Endpoint, quote_key
+from .errors import CosError
+from .retry import RetryPolicy, is_unknown_outcome
+from .signing import (
+    UNSIGNED_HEADERS,
+    UNSIGNED_PAYLOAD,
+    amz_date,
+    cos_key_time,
+    encode_query,
+    sign_cos,
+    sign_s3,
+)
+from .stats import ClientStats
+from .types import DeleteError, ListPage, ObjectInfo, PartInfo, UploadInfo
+from .xmlcodec import (
+    S3_XMLNS,
+    XmlError,
+    build_complete,
+    build_delete,
+    parse_delete_result,
+    parse_error,
+    parse_list_objects,
+    parse_list_parts,
+    parse_list_uploads,
+    parse_result_etag,
+    parse_upload_id,
+    strip_etag,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DELETE_BATCH = 1000
+# SigV4 signs the real SHA-256 of bodies up to this size; larger ones go
+# UNSIGNED-PAYLOAD rather than hashing megabytes twice (TLS protects them in transit).
+SHA256_PAYLOAD_LIMIT = 1 << 20
+DEFAULT_CHUNK = 1 << 20
+_META_NAME = re.compile(r"^[a-z0-9-]+$")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+# Answers without a body (HEAD, some proxies) still need a COS-like error code.
+_STATUS_CODES = {
+    304: "NotModified", 400: "BadRequest", 403: "AccessDenied", 404: "NoSuchKey",
+    405: "MethodNotAllowed", 409: "Conflict", 411: "MissingContentLength",
+    412: "PreconditionFailed", 416: "InvalidRange", 500: "InternalError",
+    501: "NotImplemented", 503: "ServiceUnavailable",
+}
+
+_TRANSPORT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    ConnectionError,
+    TimeoutError,
+)
+
+_UNRESOLVED: Any = object()  # a recovery hook found nothing: go on with the retry
+
+
+@dataclass
+class _Call:
+    """One logical request, independent of attempt (signature and time change)."""
+
+    op: str
+    method: str
+    key: str  # "" for the bucket itself
+    params: dict[str, str | None] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    payload: Payload | None = None
+    ok: tuple[int, ...] = (200,)
+    not_found: str = "NoSuchKey"  # the code of a bodiless 404
+
+
+class CosClient:
+    """A client for one bucket of COS (or, with ``signature="s3"``, of S3).
+
+    Thread-safe: any number of threads may call any method at once. The only shared
+    mutable state is the ``requests.Session`` (whose urllib3 pool, sized
+    ``pool_size``, is thread-safe for sending) and the counters behind
+    :meth:`stats` (under their own lock). Every method either returns its result or
+    raises :class:`CosError`; transient failures are retried with backoff first.
+    """
+
+    def __init__(self, config: CosConfig) -> None:
+        self.config = config
+        self._endpoint = Endpoint.from_config(config)
+        self._s3 = config.signature == "s3"
+        self._x = "x-amz-" if self._s3 else "x-cos-"
+        self._policy = RetryPolicy(config.max_retries, config.retry_base_delay,
+                                   config.retry_max_delay)
+        self._rng = random.Random()
+        self._stats = ClientStats()
+        self._session = requests.Session()
+        self._session.trust_env = False  # no .netrc credentials replacing our signature
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def __repr__(self) -> str:
+        return f"CosClient({self.config!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> CosClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per operation: calls, requests (attempts), errors, retries, bytes."""
+        return self._stats.snapshot()
+
+    # -- bucket ----------------------------------------------------------------------
+
+    def head_bucket(self) -> None:
+        self._run(_Call("HeadBucket", "HEAD", "", not_found="NoSuchBucket"))
+
+    def list_objects(self, prefix: str = "", delimiter: str = "", marker: str = "",
+                     max_keys: int = 1000) -> ListPage:
+        params: dict[str, str | None] = {"encoding-type": "url", "max-keys": str(max_keys)}
+        for name, value in (("prefix", prefix), ("delimiter", delimiter), ("marker", marker)):
+            if value:
+                params[name] = value
+        call = _Call("ListObjects", "GET", "", params, not_found="NoSuchBucket")
+        # COS encodes keys when asked even if it does not echo <EncodingType>; S3 says so.
+        return self._fetch(call, parse_list_objects, not self._s3)
+
+    def iter_list(self, prefix: str = "", delimiter: str = "",
+                  max_keys: int = 1000) -> Iterator[ListPage]:
+        """Every page of a listing. Follows ``NextMarker``; without one (S3 omits it
+        when there is no delimiter) continues after the last key or prefix."""
+        marker = ""
+        while True:
+            page = self.list_objects(prefix, delimiter, marker, max_keys)
+            yield page
+            if not page.is_truncated:
+                return
+            last = max([c.key for c in page.contents] + page.common_prefixes, default="")
+            following = page.next_marker or last
+            if not following or following == marker:  # would loop forever
+                raise CosError(200, "InvalidListing",
+                               f"truncated listing did not advance past {marker!r}",
+                               operation="ListObjects", key=prefix)
+            marker = following
+
+    # -- reading -----------------------------------------------------------------------
+
+    def head_object(self, key: str, if_match: str | None = None) -> ObjectInfo:
+        headers = {"If-Match": _quoted(if_match)} if if_match else {}
+        resp = self._run(_Call("HeadObject", "HEAD", key, headers=headers))
+        return self._info(key, resp.headers, int(resp.headers.get("Content-Length", 0)))
+
+    def get_object(self, key: str, start: int | None = None, end: int | None = None,
+                   if_match: str | None = None) -> bytes:
+        """The object's bytes ``[start, end]`` (both inclusive; None: from 0 / to
+        the end). A dropped connection resumes where it stopped."""
+        with self.get_object_stream(key, start, end, if_match) as (_, chunks):
+            return b"".join(chunks)
+
+    @contextlib.contextmanager
+    def get_object_stream(
+        self, key: str, start: int | None = None, end: int | None = None,
+        if_match: str | None = None, chunk_size: int = DEFAULT_CHUNK,
+    ) -> Iterator[tuple[ObjectInfo, Iterator[bytes]]]:
+        """``with client.get_object_stream(key) as (info, chunks):`` streams the body
+        without holding it in memory. A connection lost mid-body is resumed with a
+        ranged GET pinned to the first answer's ETag (If-Match), so the bytes never
+        mix two versions of the object."""
+        stream = _ObjectStream(self, key, start, end, if_match, chunk_size)
+        try:
+            info = stream.open()
+            yield info, iter(stream)
+        finally:
+            stream.close()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def put_object(self, key: str, body: BodySource, content_type: str | None = None,
+                   metadata: dict[str, str] | None = None) -> str:
+        headers = self._object_headers(content_type, metadata)
+        resp = self._run(_Call("PutObject", "PUT", key, headers=headers, payload=Payload(body)))
+        return strip_etag(resp.headers.get("ETag", ""))
+
+    def append_object(self, key: str, position: int, body: BodySource,
+                      content_type: str | None = None,
+                      metadata: dict[str, str] | None = None) -> int:
+        """Append ``body`` at ``position``; returns the next append position.
+
+        APPEND is not idempotent. After an unknown outcome the object's length tells
+        whether the append landed; and a retry cannot land twice anyway, because
+        the server refuses a position that is no longer the end (AppendPositionErr),
+        which sends us back to checking the length."""
+        payload = Payload(body)
+        call = _Call("AppendObject", "POST", key, {"append": None, "position": str(position)},
+                     self._object_headers(content_type, metadata), payload)
+
+        def recover(err: CosError, retries_done: int) -> Any:
+            if is_unknown_outcome(err) or (retries_done and err.code == "AppendPositionErr"):
+                expected = position + payload.last_length
+                if self._size_or_none(key) == expected:
+                    log.info("append to %r at %d had landed before the error", key, position)
+                    return expected
+            return _UNRESOLVED
+
+        resp = self._run(call, recover=recover)
+        if isinstance(resp, int):
+            return resp
+        following = resp.headers.get(f"{self._x}next-append-position")
+        return int(following) if following else position + payload.last_length
+
+    def copy_object(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None,
+                    content_type: str | None = None, if_match: str | None = None) -> str:
+        """Server-side copy. ``metadata=None`` keeps the source's metadata (directive
+        Copy; ``content_type`` is then ignored by the server); a dict replaces it."""
+        headers = {f"{self._x}copy-source": self._copy_source(src_key)}
+        if metadata is None:
+            headers[f"{self._x}metadata-directive"] = "COPY" if self._s3 else "Copy"
+        else:
+            headers[f"{self._x}metadata-directive"] = "REPLACE" if self._s3 else "Replaced"
+            headers.update(self._object_headers(content_type, metadata))
+        if if_match:
+            headers[f"{self._x}copy-source-if-match"] = _quoted(if_match)
+        return self._fetch(_Call("PutObjectCopy", "PUT", dst_key, headers=headers),
+                           parse_result_etag)
+
+    def delete_object(self, key: str) -> None:
+        try:
+            self._run(_Call("DeleteObject", "DELETE", key, ok=(200, 204)))
+        except CosError as err:
+            if err.code != "NoSuchKey":
+                raise
+
+    def delete_objects(self, keys: Iterable[str]) -> list[DeleteError]:
+        """Delete many keys, 1000 per request; returns the keys that failed."""
+        keys = list(keys)
+        errors: list[DeleteError] = []
+        for i in range(0, len(keys), DELETE_BATCH):
+            body = build_delete(keys[i:i + DELETE_BATCH], quiet=True, xmlns=self._xmlns)
+            call = _Call("DeleteMultipleObjects", "POST", "", {"delete": None},
+                         {"Content-Type": "application/xml"}, Payload(body))
+            errors.extend(self._fetch(call, parse_delete_result))
+        return errors
+
+    # -- multipart ---------------------------------------------------------------------
+
+    def create_multipart_upload(self, key: str, content_type: str | None = None,
+                                metadata: dict[str, str] | None = None) -> str:
+        call = _Call("InitiateMultipartUpload", "POST", key, {"uploads": None},
+                     self._object_headers(content_type, metadata))
+        return self._fetch(call, parse_upload_id)
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, body: BodySource) -> str:
+        call = _Call("UploadPart", "PUT", key, _part_params(upload_id, part_number),
+                     payload=Payload(body), not_found="NoSuchUpload")
+        return strip_etag(self._run(call).headers.get("ETag", ""))
+
+    def upload_part_copy(self, key: str, upload_id: str, part_number: int, src_key: str,
+                         start: int, end: int) -> str:
+        """Copy bytes ``[start, end]`` (inclusive) of ``src_key`` into a part."""
+        headers = {f"{self._x}copy-source": self._copy_source(src_key),
+                   f"{self._x}copy-source-range": f"bytes={start}-{end}"}
+        call = _Call("UploadPartCopy", "PUT", key, _part_params(upload_id, part_number),
+                     headers, not_found="NoSuchUpload")
+        return self._fetch(call, parse_result_etag)
+
+    def complete_multipart_upload(self, key: str, upload_id: str,
+                                  parts: list[PartInfo]) -> str:
+        """Assemble the parts; returns the new object's ETag (``...-N``).
+
+        If an attempt's outcome is unknown and the retry finds the upload gone
+        (NoSuchUpload), the object carrying an ETag ending in ``-<number of parts>``
+        means the first attempt completed it."""
+        ordered = sorted(parts, key=lambda p: p.part_number)
+        body = build_complete(ordered, xmlns=self._xmlns)
+        call = _Call("CompleteMultipartUpload", "POST", key, {"uploadId": upload_id},
+                     {"Content-Type": "application/xml"}, Payload(body),
+                     not_found="NoSuchUpload")
+
+        def recover(err: CosError, retries_done: int) -> Any:
+            if retries_done and err.code == "NoSuchUpload":
+                try:
+                    info = self.head_object(key)
+                except CosError:
+                    return _UNRESOLVED
+                if info.etag.endswith(f"-{len(ordered)}"):
+                    log.info("completion of %r had succeeded before the error", key)
+                    return info.etag
+            return _UNRESOLVED
+
+        return self._fetch(call, parse_result_etag, recover=recover)
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        self._run(_Call("AbortMultipartUpload", "DELETE", key, {"uploadId": upload_id},
+                        ok=(200, 204), not_found="NoSuchUpload"))
+
+    def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
+        parts: list[PartInfo] = []
+        marker = 0
+        while True:
+            params: dict[str, str | None] = {"uploadId": upload_id, "max-parts": "1000"}
+            if marker:
+                params["part-number-marker"] = str(marker)
+            page = self._fetch(_Call("ListParts", "GET", key, params, not_found="NoSuchUpload"),
+                               parse_list_parts)
+            parts.extend(page.parts)
+            following = page.next_marker or (page.parts[-1].part_number if page.parts else 0)
+            if not page.is_truncated or following <= marker:
+                return parts
+            marker = following
+
+    def list_multipart_uploads(self, prefix: str = "") -> list[UploadInfo]:
+        uploads: list[UploadInfo] = []
+        key_marker = upload_id_marker = ""
+        while True:
+            params: dict[str, str | None] = {"uploads": None, "encoding-type": "url"}
+            for name, value in (("prefix", prefix), ("key-marker", key_marker),
+                                ("upload-id-marker", upload_id_marker)):
+                if value:
+                    params[name] = value
+            call = _Call("ListMultipartUploads", "GET", "", params, not_found="NoSuchBucket")
+            page = self._fetch(call, parse_list_uploads, not self._s3)
+            uploads.extend(page.uploads)
+            if not page.is_truncated or (page.next_key_marker, page.next_upload_id_marker) == (
+                    key_marker, upload_id_marker):
+                return uploads
+            key_marker, upload_id_marker = page.next_key_marker, page.next_upload_id_marker
+
+    # -- helpers for the operations -------------------------------------------------------
+
+    @property
+    def _xmlns(self) -> str | None:
+        return S3_XMLNS if self._s3 else None
+
+    def _copy_source(self, src_key: str) -> str:
+        if self._s3:
+            return f"/{self.config.bucket}/{quote_key(src_key)}"
+        cfg = self.config
+        return f"{cfg.bucket}.cos.{cfg.region}.myqcloud.com/{quote_key(src_key)}"
+
+    def _object_headers(self, content_type: str | None,
+                        metadata: dict[str, str] | None) -> dict[str, str]:
+        headers = {"Content-Type": content_type} if content_type else {}
+        for name, value in (metadata or {}).items():
+            if not _META_NAME.match(name):
+                raise ValueError(f"metadata name {name!r}: use lower-case letters, digits, -")
+            if not value.isascii() or not value.isprintable():
+                raise ValueError(f"metadata {name!r}: value must be printable ASCII")
+            headers[f"{self._x}meta-{name}"] = value
+        return headers
+
+    def _info(self, key: str, headers: CaseInsensitiveDict, size: int) -> ObjectInfo:
+        meta_prefix = f"{self._x}meta-"
+        metadata = {
+            name.lower()[len(meta_prefix):]: value
+            for name, value in headers.items()
+            if name.lower().startswith(meta_prefix)
+        }
+        return ObjectInfo(
+            key=key,
+            size=size,
+            etag=strip_etag(headers.get("ETag", "")),
+            last_modified=_http_time(headers.get("Last-Modified", "")),
+            content_type=headers.get("Content-Type", ""),
+            metadata=metadata,
+            appendable=headers.get("x-cos-object-type", "").lower() == "appendable",
+            storage_class=headers.get(f"{self._x}storage-class") or "STANDARD",
+        )
+
+    def _size_or_none(self, key: str) -> int | None:
+        """The object's size, or None if it is missing or the HEAD failed."""
+        try:
+            return self.head_object(key).size
+        except CosError:
+            return None
+
+    def _fetch(self, call: _Call, parser: Callable[..., T], *args: Any,
+               recover: Callable[[CosError, int], Any] | None = None) -> T:
+        """Run ``call`` and parse its XML answer with ``parser(body, *args)``; a
+        value from ``recover`` is returned as it is."""
+        resp = self._run(call, recover=recover)
+        if not isinstance(resp, requests.Response):
+            return resp
+        try:
+            return parser(resp.content, *args)
+        except XmlError as e:
+            self._stats.add(call.op, errors=1)
+            raise CosError(resp.status_code, "MalformedResponse", str(e),
+                           _request_id(resp.headers), operation=call.op, key=call.key) from None
+
+    # -- the request engine -----------------------------------------------------------------
+
+    def _run(self, call: _Call, *, stream: bool = False,
+             recover: Callable[[CosError, int], Any] | None = None) -> Any:
+        """Send ``call`` until it succeeds, fails for good, or retries run out.
+
+        Returns the response (its body read unless ``stream``), or what ``recover``
+        returned: it is asked after every failure whether the operation in fact
+        succeeded (for non-idempotent operations)."""
+        self._stats.add(call.op, calls=1)
+        retries = 0
+        while True:
+            try:
+                return self._attempt(call, stream)
+            except CosError as err:
+                if recover is not None:
+                    outcome = recover(err, retries)
+                    if outcome is not _UNRESOLVED:
+                        return outcome
+                if not self._policy.should_retry(err, retries):
+                    self._stats.add(call.op, errors=1)
+                    raise
+                retries += 1
+                self._backoff(call.op, call.key, err, retries)
+
+    def _backoff(self, op: str, key: str, err: CosError, retry: int) -> None:
+        delay = self._policy.delay(retry, self._rng)
+        self._stats.add(op, retries=1)
+        log.warning("%s (retry %d/%d in %.2fs)", err, retry, self._policy.max_retries, delay)
+        time.sleep(delay)
+
+    def _attempt(self, call: _Call, stream: bool) -> requests.Response:
+        """One HTTP exchange; raises CosError for anything but an expected status."""
+        self._stats.add(call.op, requests=1)
+        started = time.monotonic()
+        with _translated(call), self._opened(call.payload) as (data, length):
+            prepared = self._prepare(call, data, length)
+            resp = self._session.send(
+                prepared, stream=True, allow_redirects=False, verify=self.config.verify,
+                timeout=(self.config.connect_timeout, self.config.read_timeout),
+            )
+            self._stats.add(call.op, bytes_sent=length)
+            try:
+                if resp.status_code not in call.ok:
+                    raise self._error(call, resp)
+                if not stream:
+                    body = resp.content  # read inside the attempt: a drop here is retried
+                    self._stats.add(call.op, bytes_received=len(body))
+                    _raise_error_body(call, resp)
+            except BaseException:
+                resp.close()
+                raise
+        log.debug("%s %s %r -> %d in %.3fs", call.op, call.method, call.key,
+                  resp.status_code, time.monotonic() - started)
+        return resp
+
+    @contextlib.contextmanager
+    def _opened(self, payload: Payload | None) -> Iterator[tuple[Any, int]]:
+        if payload is None:
+            yield None, 0
+        else:
+            with payload.open() as (data, length):
+                # requests would send an empty file as chunked: send b"" instead.
+                yield (data if length else b""), length
+
+    def _prepare(self, call: _Call, data: Any, length: int) -> requests.PreparedRequest:
+        url = self._endpoint.url(call.key, encode_query(call.params))
+        headers = {"Host": self._endpoint.host, **call.headers}
+        if call.payload is not None:
+            headers["Content-Length"] = str(length)
+            md5 = call.payload.content_md5()
+            if md5:
+                headers["Content-MD5"] = md5
+        if self.config.token:
+            headers[f"{self._x}security-token"] = self.config.token
+        self._sign(call, headers)
+        headers["User-Agent"] = f"cosfs/{__version__}"
+        # Objects stored with Content-Encoding must come back byte for byte.
+        headers["Accept-Encoding"] = "identity"
+        prepared = requests.Request(call.method, url, headers=headers, data=data).prepare()
+        prepared.url = url  # requests would re-quote the path and remove dot segments
+        return prepared
+
+    def _sign(self, call: _Call, headers: dict[str, str]) -> None:
+        now = time.time()
+        if self._s3:
+            body = call.payload.in_memory if call.payload is not None else b""
+            if body is not None and len(body) <= SHA256_PAYLOAD_LIMIT:
+                payload_hash = hashlib.sha256(body).hexdigest()
+            else:
+                payload_hash = UNSIGNED_PAYLOAD
+            headers["x-amz-date"] = amz_date(now)
+            headers["x-amz-content-sha256"] = payload_hash
+            sig = sign_s3(self.config.secret_key, self.config.region, call.method,
+                          quote_key(self._endpoint.path(call.key)), call.params,
+                          _signed(headers), payload_hash, headers["x-amz-date"])
+        else:
+            sig = sign_cos(self.config.secret_key, call.method, self._endpoint.path(call.key),
+                           call.params, _signed(headers), cos_key_time(now))
+        headers["Authorization"] = sig.authorization(self.config.secret_id)
+
+    def _error(self, call: _Call, resp: requests.Response) -> CosError:
+        body = b"" if call.method == "HEAD" else resp.content
+        parsed = parse_error(body)
+        if parsed and parsed.code:
+            code, message = parsed.code, parsed.message
+        else:
+            code = call.not_found if resp.status_code == 404 else _STATUS_CODES.get(
+                resp.status_code, f"HTTP{resp.status_code}")
+            message = ""
+        request_id = _request_id(resp.headers) or (parsed.request_id if parsed else "")
+        return CosError(resp.status_code, code, message, request_id,
+                        operation=call.op, key=call.key)
+
+
+class _ObjectStream:
+    """The body of one GET as an iterator of chunks, resumed after a dropped connection.
+
+    Invariant: ``delivered`` bytes of the wanted range have been yielded; a resume asks
+    for ``[start + delivered, end]`` with If-Match on the first answer's ETag. Retries
+    (of the first request and of resumes together) are bounded by the client's policy.
+    Not thread-safe: one consumer iterates it.
+    """
+
+    def __init__(self, client: CosClient, key: str, start: int | None, end: int | None,
+                 if_match: str | None, chunk_size: int) -> None:
+        self._client = client
+        self._key = key
+        self._start = start or 0
+        self._ranged = start is not None or end is not None
+        self._end = end
+        self._if_match = if_match
+        self._chunk_size = chunk_size
+        self._resp: requests.Response | None = None
+        self._remaining: int | None = None  # bytes still due from the current answer
+        self._skip = 0  # leading bytes to drop when a server ignored our Range
+        self._retries = 0
+        self.delivered = 0
+
+    def open(self) -> ObjectInfo:
+        self._client._stats.add("GetObject", calls=1)
+        info = self._request_until_answered()
+        self._if_match = self._if_match or info.etag
+        return info
+
+    def _request_until_answered(self) -> ObjectInfo:
+        while True:
+            try:
+                return self._request()
+            except CosError as err:
+                self._give_up_or_wait(err)
+
+    def _give_up_or_wait(self, err: CosError) -> None:
+        client = self._client
+        if not client._policy.should_retry(err, self._retries):
+            client._stats.add("GetObject", errors=1)
+            raise err
+        self._retries += 1
+        client._backoff("GetObject", self._key, err, self._retries)
+
+    def _request(self) -> ObjectInfo:
+        first = self._start + self.delivered
+        headers = {}
+        if self._ranged or self.delivered:
+            headers["Range"] = f"bytes={first}-{'' if self._end is None else self._end}"
+        if self._if_match:
+            headers["If-Match"] = _quoted(self._if_match)
+        call = _Call("GetObject", "GET", self._key, headers=headers, ok=(200, 206))
+        self._resp = resp = self._client._attempt(call, stream=True)
+        length = resp.headers.get("Content-Length")
+        self._remaining = int(length) if length is not None else None
+        self._skip = 0
+        total = self._remaining or 0
+        if resp.status_code == 206:
+            match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+            if match and match.group(3) != "*":
+                total = int(match.group(3))
+        elif "Range" in headers:  # the whole object came back: cut our range out of it
+            self._skip = first
+            if self._remaining is not None:
+                self._remaining = max(0, self._remaining - first)
+            if self._end is not None:
+                wanted = self._end - first + 1
+                self._remaining = min(self._remaining or wanted, wanted)
+        return self._client._info(self._key, resp.headers, total)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self._resp is not None:
+            try:
+                yield from self._chunks(self._resp)
+                return
+            except CosError as err:
+                self.close()
+                self._give_up_or_wait(err)
+                self._request_until_answered()
+
+    def _chunks(self, resp: requests.Response) -> Iterator[bytes]:
+        """Yield the current answer's body; CosError if it ends short."""
+        with _translated(_Call("GetObject", "GET", self._key)):
+            # decode_content=False: an object stored gzip-encoded is returned as stored.
+            for raw in resp.raw.stream(self._chunk_size, decode_content=False):
+                chunk = self._trim(raw)
+                if chunk:
+                    self.delivered += len(chunk)
+                    self._client._stats.add("GetObject", bytes_received=len(chunk))
+                    yield chunk
+                if self._remaining == 0:
+                    return
+        if self._remaining:
+            raise CosError(0, "ConnectionError", f"body ended {self._remaining} bytes short",
+                           operation="GetObject", key=self._key)
+
+    def _trim(self, chunk: bytes) -> bytes:
+        """Drop what precedes the range (``_skip``) and what exceeds it."""
+        if self._skip:
+            cut = min(self._skip, len(chunk))
+            chunk, self._skip = chunk[cut:], self._skip - cut
+        if self._remaining is not None:
+            chunk = chunk[: self._remaining]
+            self._remaining -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+
+# -- small pure helpers ------------------------------------------------------------------
+
+
+def _part_params(upload_id: str, part_number: int) -> dict[str, str | None]:
+    return {"partNumber": str(part_number), "uploadId": upload_id}
+
+
+def _signed(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in UNSIGNED_HEADERS}
+
+
+def _quoted(etag: str) -> str:
+    return etag if etag.startswith(('"', "W/")) or etag == "*" else f'"{etag}"'
+
+
+def _request_id(headers: CaseInsensitiveDict) -> str:
+    return headers.get("x-cos-request-id") or headers.get("x-amz-request-id") or ""
+
+
+def _http_time(text: str) -> float:
+    if not text:
+        return 0.0
+    try:
+        return parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _raise_error_body(call: _Call, resp: requests.Response) -> None:
+    """COS may answer 200 to copy and complete with an ``<Error>`` body."""
+    parsed = parse_error(resp.content)
+    if parsed is not None:
+        raise CosError(resp.status_code, parsed.code or "InternalError", parsed.message,
+                       _request_id(resp.headers) or parsed.request_id,
+                       operation=call.op, key=call.key)
+
+
+@contextlib.contextmanager
+def _translated(call: _Call) -> Iterator[None]:
+    """Turn the HTTP stack's exceptions into CosError (status 0: no answer)."""
+    try:
+        yield
+    except requests.exceptions.SSLError as e:
+        raise _transport(call, "SSLError", e) from None
+    except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as e:
+        raise _transport(call, "Timeout", e) from None
+    except _TRANSPORT_ERRORS as e:
+        raise _transport(call, "ConnectionError", e) from None
+
+
+def _transport(call: _Call, code: str, exc: BaseException) -> CosError:
+    # The exception text names host and path at most, never request headers.
+    return CosError(0, code, f"{type(exc).__name__}: {exc}"[:300], operation=call.op,
+                    key=call.key)
