@@ -117,6 +117,9 @@ class FileSlice(io.RawIOBase):
         super().__init__()
         if offset < 0 or length < 0:
             raise ValueError("offset and length must be >= 0")
+        # A window past the end would promise a Content-Length the body cannot fill.
+        if offset + length > os.fstat(fd).st_size:
+            raise ValueError(f"slice [{offset}, {offset + length}) ends past the file's end")
         self._fd, self._offset, self._length, self._pos = fd, offset, length, 0
 
     def readable(self) -> bool:
