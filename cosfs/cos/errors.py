@@ -9,9 +9,11 @@ class CosError(Exception):
     ``status`` is the HTTP status (0 when no answer came: connection refused,
     reset, timeout, TLS failure); ``code`` is the COS error code from the body
     (``NoSuchKey``, ``SignatureDoesNotMatch``...) or a synthetic one for answers
-    without a body (``NotFound`` for a bodiless 404 to HEAD, ``ConnectionError``,
-    ``Timeout``, ``SSLError``). ``request_id`` is ``x-cos-request-id`` when the
-    server sent one. The message never includes credentials.
+    without a body (a bodiless 404 to HEAD is ``NoSuchKey``, or ``NoSuchBucket`` for
+    HEAD Bucket; a bodiless 403 is ``AccessDenied``; no answer at all is
+    ``ConnectionError``, ``Timeout`` or ``SSLError``). ``request_id`` is
+    ``x-cos-request-id`` (or ``x-amz-request-id``) when the server sent one, else the
+    body's ``RequestId``. The message never includes credentials.
     """
 
     def __init__(
