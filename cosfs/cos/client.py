@@ -117,8 +117,9 @@ class CosClient:
                                    config.retry_max_delay)
         self._rng = random.Random()
         self._stats = ClientStats()
+        # Requests are prepared by hand and sent with Session.send, so .netrc credentials
+        # never replace our signature; proxies from the environment still apply.
         self._session = requests.Session()
-        self._session.trust_env = False  # no .netrc credentials replacing our signature
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
