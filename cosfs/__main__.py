@@ -1,0 +1,5 @@
+import sys
+
+from cosfs.cli import main
+
+sys.exit(main())

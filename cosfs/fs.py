@@ -1,0 +1,599 @@
+"""The pyfuse3 adapter: turns kernel requests into namespace, reader and writer calls.
+
+This module holds no filesystem logic of its own beyond open-file bookkeeping; it
+decodes names, maps exceptions to errno values (an error never kills the mount) and
+builds the attribute replies the kernel caches.
+
+Concurrency
+    pyfuse3 runs handlers as trio tasks; any number may be in flight. Per inode, the
+    writer's StagedFile serialises data changes; ``self.staged`` maps an inode to its
+    StagedFile and how many handles share it, so every handle of an inode sees the same
+    bytes whether it was opened for reading or writing.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from cosfs import meta, names
+from cosfs.cos import CosError, ObjectInfo
+from cosfs.namespace import ROOT_INODE, Inode, Namespace
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+# COS error codes whose errno is not implied by the HTTP status.
+_CODE_ERRNO = {
+    "NoSuchKey": errno.ENOENT,
+    "NoSuchBucket": errno.EIO,
+    "KeyTooLong": errno.ENAMETOOLONG,
+    "EntityTooLarge": errno.EFBIG,
+    "InvalidObjectState": errno.EACCES,  # archived: restore it before reading
+    "AccessDenied": errno.EACCES,
+    "SignatureDoesNotMatch": errno.EACCES,
+    "InvalidAccessKeyId": errno.EACCES,
+    "PreconditionFailed": errno.EIO,
+}
+
+
+def errno_for(exc: CosError) -> int:
+    """The errno an application sees for a COS failure (after retries)."""
+    if exc.code in _CODE_ERRNO:
+        return _CODE_ERRNO[exc.code]
+    if exc.status == 404:
+        return errno.ENOENT
+    if exc.status == 403:
+        return errno.EACCES
+    return errno.EIO
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups from trio nurseries."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def fuse_op(fn: F) -> F:
+    """Run a handler, turning every failure into a FUSEError with the right errno."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Operations, *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except Exception as group:  # noqa: BLE001 - the mount must survive anything
+            exc = _leaf(group)
+            if isinstance(exc, pyfuse3.FUSEError):
+                raise exc from None
+            if isinstance(exc, OSError) and exc.errno:
+                if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
+                    log.info("%s: %s", fn.__name__, exc)
+                raise pyfuse3.FUSEError(exc.errno) from None
+            if isinstance(exc, CosError):
+                self.stats["errors"] += 1
+                log.warning("%s failed: %s", fn.__name__, exc)
+                raise pyfuse3.FUSEError(errno_for(exc)) from None
+            log.exception("%s failed unexpectedly", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(eq=False)
+class Handle:
+    inode: Inode
+    staged: Any = None  # cosfs.writer.StagedFile while the inode is staged
+    reader: Any = None  # cosfs.reader.ObjectReader for read-only handles
+
+
+class Operations(pyfuse3.Operations):
+    """FUSE operations of one mount. ``data`` is the mount's reader/writer context
+    (see :class:`cosfs.mount.DataPath`)."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, ns: Namespace, data: Any, *, read_only: bool = False,
+                 kernel_ttl: float = 1.0, content_type: Callable[[str], str] | None = None
+                 ) -> None:
+        super().__init__()
+        self.ns = ns
+        self.data = data
+        self.read_only = read_only
+        self.kernel_ttl = kernel_ttl
+        self.content_type = content_type or (lambda key: meta.DEFAULT_CONTENT_TYPE)
+        self.handles: dict[int, Handle] = {}
+        # directory handle -> [inode number, entries listed at the first readdir]
+        self.dir_handles: dict[int, list[Any]] = {}
+        self.staged: dict[int, tuple[Any, int]] = {}
+        self._next_fh = 1
+        self.stats = {"errors": 0}
+
+    # -- helpers -----------------------------------------------------------------
+
+    def entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
+        a = inode.attr
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode.ino
+        e.generation = 0
+        e.entry_timeout = self.kernel_ttl
+        e.attr_timeout = self.kernel_ttl
+        e.st_mode = a.mode
+        e.st_nlink = 2 if a.is_dir() else 1
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        staged = self.staged.get(inode.ino)
+        size = staged[0].size if staged is not None else a.size
+        e.st_size = size
+        e.st_blksize = 1 << 20
+        e.st_blocks = (size + 511) // 512
+        e.st_atime_ns = a.mtime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = max(a.ctime_ns, a.mtime_ns)
+        return e
+
+    def _negative(self) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = 0  # a negative entry the kernel may cache
+        e.entry_timeout = self.kernel_ttl
+        return e
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise OSError(errno.EROFS, "read-only mount")
+
+    def _new_fh(self, handle: Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = handle
+        return fh
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self.handles[fh]
+        except KeyError:
+            raise OSError(errno.EBADF, "bad file handle") from None
+
+    def _base(self, inode: Inode) -> ObjectInfo | None:
+        """What the data path needs to know of the object behind ``inode``."""
+        if not inode.attr.etag:
+            return None
+        a = inode.attr
+        return ObjectInfo(key=self.ns.key_of(inode), size=a.size, etag=a.etag,
+                          last_modified=a.mtime_ns / 1e9, appendable=a.appendable,
+                          storage_class=a.storage_class)
+
+    async def _stage(self, inode: Inode, truncate: bool = False) -> Any:
+        """The inode's StagedFile, opened (or shared) for one more user."""
+        current = self.staged.get(inode.ino)
+        f = await self.data.cache.open(inode.ino, self.ns.key_of(inode), self._base(inode),
+                                       truncate)
+        self.staged[inode.ino] = (f, (current[1] if current else 0) + 1)
+        if truncate or not inode.attr.etag:
+            inode.local = True
+        return f
+
+    async def _unstage(self, inode: Inode) -> None:
+        f, users = self.staged[inode.ino]
+        if users > 1:
+            self.staged[inode.ino] = (f, users - 1)
+            return
+        del self.staged[inode.ino]
+        await self.data.cache.release(f)
+
+    def _upload_args(self, inode: Inode) -> tuple[dict[str, str], str]:
+        key = self.ns.key_of(inode)
+        return meta.metadata_for(inode.attr), self.content_type(key)
+
+    async def _flush_inode(self, inode: Inode, *, sync: bool = False) -> None:
+        staged = self.staged.get(inode.ino)
+        if staged is None:
+            return
+        f = staged[0]
+        if not f.dirty and not sync:
+            return
+        metadata, ctype = self._upload_args(inode)
+        info = await (f.fsync(metadata, ctype) if sync else f.flush(metadata, ctype))
+        self.ns.uploaded(inode, info)
+        if f.dirty:  # write-back mode: still uploading in the background
+            inode.local = True
+
+    # -- lookups and attributes ----------------------------------------------------
+
+    @fuse_op
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
+                     ) -> pyfuse3.EntryAttributes:
+        text = names.decode_name(name)
+        try:
+            inode = await self.ns.lookup(parent_inode, text)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT and self.kernel_ttl > 0:
+                return self._negative()
+            raise
+        inode.lookups += 1
+        return self.entry(inode)
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.ns.forget(ino, count)
+
+    @fuse_op
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self.entry(await self.ns.getattr(inode))
+
+    @fuse_op
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None, ctx: Any
+                      ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        node = self.ns.get(inode)
+        if fields.update_size:
+            await self._truncate(node, attr.st_size, fh)
+        new = replace(node.attr)
+        now = time.time_ns()
+        if fields.update_mode:
+            new.mode = stat.S_IFMT(node.attr.mode) | stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            new.uid = attr.st_uid
+        if fields.update_gid:
+            new.gid = attr.st_gid
+        if fields.update_mtime:
+            new.mtime_ns = attr.st_mtime_ns
+        if fields.update_size and not fields.update_mtime:
+            new.mtime_ns = now
+        changed = (new.mode, new.uid, new.gid, new.mtime_ns) != (
+            node.attr.mode, node.attr.uid, node.attr.gid, node.attr.mtime_ns)
+        new.ctime_ns = now
+        if changed and not fields.update_size:
+            await self._store_attr(node, new)
+        else:
+            node.attr = new
+            if fields.update_size:
+                await self._flush_inode(node)
+        return self.entry(node)
+
+    async def _store_attr(self, node: Inode, new: meta.Attr) -> None:
+        if node.local:  # the pending upload carries the new metadata
+            if not meta.fits_metadata_limit(new):
+                raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
+            node.attr = new
+        else:
+            await self.ns.store_attr(node, new)
+
+    async def _truncate(self, node: Inode, size: int, fh: int | None) -> None:
+        if node.is_dir():
+            raise OSError(errno.EISDIR, "is a directory")
+        if node.ino in self.staged:
+            f = self.staged[node.ino][0]
+            await f.truncate(size)
+            node.local = True
+            node.attr.size = size
+            return
+        f = await self._stage(node, truncate=size == 0)
+        try:
+            await f.truncate(size)
+            node.local = True
+            node.attr.size = size
+            await self._flush_inode(node)
+        finally:
+            await self._unstage(node)
+
+    @fuse_op
+    async def readlink(self, inode: int, ctx: Any = None) -> bytes:
+        target = await self.ns.readlink(inode)
+        return target.encode("utf-8", "surrogateescape")
+
+    # -- directories -----------------------------------------------------------------
+
+    @fuse_op
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        node = self.ns.get(inode)
+        if not node.is_dir():
+            raise OSError(errno.ENOTDIR, "not a directory")
+        fh = self._next_fh
+        self._next_fh += 1
+        self.dir_handles[fh] = [inode, None]
+        return fh
+
+    @fuse_op
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        try:
+            state = self.dir_handles[fh]
+        except KeyError:
+            raise OSError(errno.EBADF, "bad directory handle") from None
+        # List once per pass: offsets index the entries of the first call.
+        if state[1] is None or start_id == 0:
+            state[1] = await self.ns.list_dir(state[0])
+        entries = state[1]
+        for i in range(start_id, len(entries)):
+            name, inode = entries[i]
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"),
+                                         self.entry(inode), i + 1):
+                return
+            inode.lookups += 1
+
+    @fuse_op
+    async def releasedir(self, fh: int) -> None:
+        self.dir_handles.pop(fh, None)
+
+    @fuse_op
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # directory changes are on the server when their call returns
+
+    @fuse_op
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
+                    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        inode = await self.ns.mkdir(parent_inode, names.decode_name(name), mode,
+                                    ctx.uid, ctx.gid)
+        inode.lookups += 1
+        return self.entry(inode)
+
+    @fuse_op
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
+        self._writable()
+        text = names.decode_name(name)
+        await self.ns.rmdir(parent_inode, text)
+        self._kernel_forget_name(parent_inode, text)
+
+    @fuse_op
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
+        self._writable()
+        text = names.decode_name(name)
+        inode = await self.ns.unlink(parent_inode, text)
+        staged = self.staged.get(inode.ino)
+        if staged is not None:
+            staged[0].discard()
+        self._kernel_forget_name(parent_inode, text)
+
+    def _kernel_forget_name(self, parent_inode: int, name: str) -> None:
+        """Nothing to do: the kernel drops the dentry itself after a successful
+        unlink/rmdir/rename it sent us. Kept as the one place to add invalidation
+        for changes not made through the kernel."""
+
+    @fuse_op
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any = None) -> None:
+        self._writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        old = names.decode_name(name_old)
+        new = names.decode_name(name_new)
+
+        async def flush_first(src: Inode) -> None:
+            for ino in self._staged_below(src):
+                await self._flush_inode(self.ns.inodes[ino], sync=True)
+
+        src, replaced = await self.ns.rename(
+            parent_inode_old, old, parent_inode_new, new,
+            noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE), before_copy=flush_first)
+        if replaced is not None and replaced.ino in self.staged:
+            self.staged[replaced.ino][0].discard()
+        for ino in self._staged_below(src):
+            self.staged[ino][0].key = self.ns.key_of(self.ns.inodes[ino])
+
+    def _staged_below(self, top: Inode) -> list[int]:
+        """Staged inodes at or below ``top`` (open files that follow a rename)."""
+        found = []
+        for ino in self.staged:
+            node = self.ns.inodes.get(ino)
+            while node is not None:
+                if node.ino == top.ino:
+                    found.append(ino)
+                    break
+                if node.ino == ROOT_INODE:
+                    break
+                node = self.ns.inodes.get(node.parent)
+        return found
+
+    @fuse_op
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
+                   ) -> pyfuse3.EntryAttributes:
+        raise OSError(errno.EPERM, "hard links are not supported")
+
+    @fuse_op
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
+                      ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        inode = await self.ns.symlink(parent_inode, names.decode_name(name),
+                                      target.decode("utf-8", "surrogateescape"),
+                                      ctx.uid, ctx.gid)
+        inode.lookups += 1
+        return self.entry(inode)
+
+    # -- files -------------------------------------------------------------------------
+
+    @fuse_op
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+                    ) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EPERM, "only regular files can be created")
+        self._writable()
+        text = names.decode_name(name)
+        await self.ns.ensure_absent(parent_inode, text)
+        inode = self.ns.create_local(parent_inode, text, mode, ctx.uid, ctx.gid)
+        await self._stage(inode)
+        try:
+            await self._flush_inode(inode, sync=True)
+        finally:
+            await self._unstage(inode)
+        inode.lookups += 1
+        return self.entry(inode)
+
+    @fuse_op
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._writable()
+        text = names.decode_name(name)
+        inode = self.ns.create_local(parent_inode, text, mode, ctx.uid, ctx.gid)
+        inode.opens += 1
+        try:
+            f = await self._stage(inode)
+        except BaseException:
+            inode.opens -= 1
+            raise
+        inode.lookups += 1
+        fh = self._new_fh(Handle(inode, staged=f))
+        return pyfuse3.FileInfo(fh=fh), self.entry(inode)
+
+    @fuse_op
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        node = await self.ns.getattr(inode)
+        if node.is_dir():
+            raise OSError(errno.EISDIR, "is a directory")
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+        if writing:
+            self._writable()
+        node.opens += 1
+        try:
+            handle = await self._open_handle(node, bool(writing), bool(flags & os.O_TRUNC))
+        except BaseException:
+            node.opens -= 1
+            raise
+        # The kernel's cached pages are still good when the object did not change.
+        keep = bool(node.attr.etag) and node.last_open_etag == node.attr.etag
+        node.last_open_etag = node.attr.etag
+        return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
+
+    async def _open_handle(self, node: Inode, writing: bool, truncate: bool) -> Handle:
+        if writing or node.ino in self.staged:
+            f = await self._stage(node, truncate=truncate)
+            if truncate:
+                node.attr.size = 0
+                node.attr.mtime_ns = time.time_ns()
+            return Handle(node, staged=f)
+        reader = self.data.open_reader(self.ns.key_of(node), node.attr.size, node.attr.etag)
+        return Handle(node, reader=reader)
+
+    @fuse_op
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handle(fh)
+        staged = self.staged.get(h.inode.ino)
+        if staged is not None:
+            return await staged[0].read(off, size)
+        return await h.reader.read(off, size)
+
+    @fuse_op
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._handle(fh)
+        if h.staged is None:
+            raise OSError(errno.EBADF, "file not open for writing")
+        written = await h.staged.write(off, buf)
+        node = h.inode
+        node.local = True
+        node.attr.size = h.staged.size
+        node.attr.mtime_ns = node.attr.ctime_ns = time.time_ns()
+        return written
+
+    @fuse_op
+    async def flush(self, fh: int) -> None:
+        h = self._handle(fh)
+        if h.staged is not None:
+            await self._flush_inode(h.inode)
+
+    @fuse_op
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._handle(fh)
+        if h.staged is not None:
+            await self._flush_inode(h.inode, sync=True)
+
+    @fuse_op
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        node = h.inode
+        try:
+            if h.staged is not None:
+                try:
+                    await self._flush_inode(node)
+                finally:
+                    await self._unstage(node)
+            elif h.reader is not None:
+                await h.reader.close()
+        finally:
+            node.opens -= 1
+            if node.ino not in self.staged:
+                node.local = False if not node.attr.etag and node.opens <= 0 else node.local
+            self.ns._maybe_drop(node.ino)
+
+    # -- extended attributes -----------------------------------------------------------
+
+    async def _fresh(self, inode: int) -> Inode:
+        node = await self.ns.getattr(inode)
+        if node.attr.partial:
+            parent = self.ns.get(node.parent)
+            node = await self.ns.lookup(parent.ino, node.name)
+        return node
+
+    @fuse_op
+    async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
+        node = await self._fresh(inode)
+        try:
+            return node.attr.xattrs[name.decode("utf-8", "surrogateescape")]
+        except KeyError:
+            raise OSError(errno.ENODATA, "no such attribute") from None
+
+    @fuse_op
+    async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
+        node = await self._fresh(inode)
+        return [n.encode("utf-8", "surrogateescape") for n in sorted(node.attr.xattrs)]
+
+    @fuse_op
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
+        self._writable()
+        text = name.decode("utf-8", "surrogateescape")
+        if text.startswith("system."):
+            raise OSError(errno.ENOTSUP, "system attributes are not supported")
+        node = await self._fresh(inode)
+        new = replace(node.attr, xattrs={**node.attr.xattrs, text: value})
+        if meta.metadata_size({"xattr": meta.encode_xattrs({text: value})}) > \
+                meta.METADATA_LIMIT:
+            raise OSError(errno.E2BIG, "attribute value larger than COS's metadata limit")
+        await self._store_attr(node, new)
+
+    @fuse_op
+    async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
+        self._writable()
+        text = name.decode("utf-8", "surrogateescape")
+        node = await self._fresh(inode)
+        if text not in node.attr.xattrs:
+            raise OSError(errno.ENODATA, "no such attribute")
+        xattrs = dict(node.attr.xattrs)
+        del xattrs[text]
+        await self._store_attr(node, replace(node.attr, xattrs=xattrs))
+
+    # -- the rest ------------------------------------------------------------------------
+
+    @fuse_op
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        # A bucket has no fixed size: report 1 PiB, almost all free, so tools that
+        # check for space before writing go ahead.
+        s.f_blocks = 2**50 // 4096
+        s.f_bfree = s.f_bavail = s.f_blocks - 1
+        s.f_files = 2**32
+        s.f_ffree = s.f_favail = 2**32 - 1
+        s.f_namemax = meta.NAME_MAX
+        return s
+
+    async def wait_idle(self) -> None:
+        """Flush every staged inode (used before a clean unmount)."""
+        for ino in list(self.staged):
+            node = self.ns.inodes.get(ino)
+            if node is not None:
+                await self._flush_inode(node, sync=True)
+        await trio.sleep(0)

@@ -1,0 +1,178 @@
+"""POSIX attributes <-> COS object metadata, in the conventions of Tencent's COSFS.
+
+Pure functions and values only (no I/O), so the mapping can be unit-tested and a
+bucket stays usable by either tool:
+
+- ``x-cos-meta-mode``: decimal ``st_mode`` including the file-type bits;
+- ``x-cos-meta-uid`` / ``x-cos-meta-gid``: decimal ids;
+- ``x-cos-meta-mtime``: seconds since the epoch, written as ``SEC`` or
+  ``SEC.NNNNNNNNN`` when there are nanoseconds (readers that parse an integer
+  take the seconds);
+- ``x-cos-meta-xattr``: URL-encoded JSON ``{"name": "base64(value)"}``;
+- directories are ``dir/`` markers with ``Content-Type: application/x-directory``;
+- symlinks are objects whose content is the target and whose mode has S_IFLNK.
+
+Metadata dicts here use bare names (``"mode"``); the client adds the header prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import stat
+import urllib.parse
+from dataclasses import dataclass, field
+
+from cosfs.cos.types import ObjectInfo
+
+DIR_CONTENT_TYPE = "application/x-directory"
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+# COS refuses requests whose user metadata (names and values) exceeds 2 KB.
+METADATA_LIMIT = 2048
+META_PREFIX_LEN = len("x-cos-meta-")
+# Keys are at most 850 bytes; each path component at most 255 (NAME_MAX).
+MAX_KEY_BYTES = 850
+NAME_MAX = 255
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Attributes for objects that carry no cosfs metadata (mount options)."""
+
+    uid: int = 0
+    gid: int = 0
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+
+
+@dataclass
+class Attr:
+    """What the filesystem knows of one file, directory or symlink.
+
+    ``mode`` includes the type bits. ``etag``/``appendable`` describe the object as
+    last seen on the server ('' for a directory without marker or a new file).
+    """
+
+    mode: int
+    uid: int
+    gid: int
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    etag: str = ""
+    appendable: bool = False
+    storage_class: str = "STANDARD"
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    # True when the attributes came from a listing only (no HEAD yet): mode, uid,
+    # gid and mtime are the defaults and Last-Modified, not the object's metadata.
+    partial: bool = False
+
+    @property
+    def kind(self) -> int:
+        return stat.S_IFMT(self.mode)
+
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+def format_mtime(mtime_ns: int) -> str:
+    sec, nsec = divmod(mtime_ns, 1_000_000_000)
+    return str(sec) if nsec == 0 else f"{sec}.{nsec:09d}"
+
+
+def parse_mtime(text: str) -> int | None:
+    """``SEC`` or ``SEC.FRACTION`` -> nanoseconds; None when malformed."""
+    sec, _, frac = text.strip().partition(".")
+    if not sec.lstrip("-").isdigit() or (frac and not frac.isdigit()):
+        return None
+    nsec = int((frac + "000000000")[:9]) if frac else 0
+    return int(sec) * 1_000_000_000 + (nsec if not sec.startswith("-") else -nsec)
+
+
+def encode_xattrs(xattrs: dict[str, bytes]) -> str:
+    doc = {name: base64.b64encode(value).decode("ascii") for name, value in sorted(xattrs.items())}
+    return urllib.parse.quote(json.dumps(doc, separators=(",", ":")), safe="")
+
+
+def decode_xattrs(text: str) -> dict[str, bytes]:
+    """Lenient: a malformed value yields no xattrs rather than an unreadable file."""
+    try:
+        doc = json.loads(urllib.parse.unquote(text))
+        return {str(k): base64.b64decode(v) for k, v in doc.items()}
+    except (ValueError, TypeError, AttributeError, binascii.Error):
+        return {}
+
+
+def _int_meta(meta: dict[str, str], name: str) -> int | None:
+    try:
+        return int(meta[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = False) -> Attr:
+    """Attributes of an object (a file, a symlink, or with ``is_dir`` a ``dir/``
+    marker). Metadata that is missing or malformed falls back to the defaults."""
+    meta = info.metadata
+    mtime_ns = int(info.last_modified * 1_000_000_000)
+    if "mtime" in meta:
+        mtime_ns = parse_mtime(meta["mtime"]) or mtime_ns
+    mode = _int_meta(meta, "mode")
+    if is_dir:
+        perm = stat.S_IMODE(mode) if mode is not None else defaults.dir_mode
+        mode = stat.S_IFDIR | perm
+    elif mode is None or stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFLNK, 0):
+        mode = stat.S_IFREG | (stat.S_IMODE(mode) if mode is not None else defaults.file_mode)
+    elif stat.S_IFMT(mode) == 0:
+        mode |= stat.S_IFREG
+    uid = _int_meta(meta, "uid")
+    gid = _int_meta(meta, "gid")
+    return Attr(
+        mode=mode,
+        uid=defaults.uid if uid is None else uid,
+        gid=defaults.gid if gid is None else gid,
+        size=0 if is_dir else info.size,
+        mtime_ns=mtime_ns,
+        ctime_ns=mtime_ns,
+        etag=info.etag,
+        appendable=info.appendable,
+        storage_class=info.storage_class,
+        xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
+        partial=info.from_listing,
+    )
+
+
+def implicit_dir_attr(defaults: Defaults, mtime_ns: int = 0) -> Attr:
+    """A directory that exists only because keys live under its prefix."""
+    return Attr(mode=stat.S_IFDIR | defaults.dir_mode, uid=defaults.uid, gid=defaults.gid,
+                mtime_ns=mtime_ns, ctime_ns=mtime_ns)
+
+
+def metadata_for(attr: Attr) -> dict[str, str]:
+    """The user metadata cosfs writes for ``attr`` (COSFS-compatible)."""
+    meta = {
+        "mode": str(attr.mode),
+        "uid": str(attr.uid),
+        "gid": str(attr.gid),
+        "mtime": format_mtime(attr.mtime_ns),
+    }
+    if attr.xattrs:
+        meta["xattr"] = encode_xattrs(attr.xattrs)
+    return meta
+
+
+def metadata_size(meta: dict[str, str]) -> int:
+    """Bytes counted against COS's user-metadata limit (header names and values)."""
+    return sum(META_PREFIX_LEN + len(k.encode()) + len(v.encode()) for k, v in meta.items())
+
+
+def fits_metadata_limit(attr: Attr) -> bool:
+    return metadata_size(metadata_for(attr)) <= METADATA_LIMIT
+
+
+def content_type_for(attr: Attr) -> str:
+    return DIR_CONTENT_TYPE if attr.is_dir() else DEFAULT_CONTENT_TYPE

@@ -1,0 +1,264 @@
+"""Assemble and run one mount: client, namespace, data path, FUSE adapter.
+
+``prepare`` does every check that can fail because of the user's input (options,
+credentials, endpoint, bucket, mount point) before anything is mounted, raising
+:class:`MountError` with a one-line message. ``serve`` then mounts and runs until
+unmounted or signalled, and on the way out waits for every pending upload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import mimetypes
+import os
+import shutil
+import signal
+import stat
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from cosfs import meta, names, tuning
+from cosfs.aio import AsyncClient
+from cosfs.cos import CosClient, CosConfig, CosError
+from cosfs.credentials import CredentialError, find_credentials
+from cosfs.fs import Operations
+from cosfs.namespace import MetaTuning, Namespace
+from cosfs.options import MountArgs, UsageError
+from cosfs.reader import ObjectReader, ReadBudget
+from cosfs.writer import WriteCache
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+
+
+class MountError(Exception):
+    """A mount that cannot go ahead; the message is one line, safe to print."""
+
+
+@dataclass
+class Prepared:
+    args: MountArgs
+    config: CosConfig
+    root_key: str
+    cache_dir: Path
+    data_tuning: tuning.Tuning
+    meta_tuning: MetaTuning
+    defaults: meta.Defaults
+
+
+class DataPath:
+    """The mount's reader budget and write cache, as the FUSE adapter sees them."""
+
+    def __init__(self, aclient: AsyncClient, cache_dir: Path, t: tuning.Tuning) -> None:
+        self.aclient = aclient
+        self.tuning = t
+        self.budget = ReadBudget(t.read_budget)
+        self.cache = WriteCache(cache_dir, aclient, t)
+
+    def open_reader(self, key: str, size: int, etag: str) -> ObjectReader:
+        return ObjectReader(self.aclient, key, size, etag, self.budget, self.tuning)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip_or_localhost(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+def build_config(args: MountArgs, environ: dict[str, str] | None = None) -> CosConfig:
+    try:
+        creds = find_credentials(args.bucket, args.passwd_file, environ)
+    except CredentialError as exc:
+        raise MountError(str(exc)) from None
+    url = args.url
+    path_style: bool | None = True if args.use_path_request_style else None
+    if url:
+        parsed = urllib.parse.urlsplit(str(url))
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise MountError(f"invalid url {url!r}: expected http(s)://HOST[:PORT]")
+        if parsed.scheme == "http" and not _is_loopback(parsed.hostname) and not args.allow_http:
+            raise MountError(f"refusing plain HTTP to {parsed.hostname}: use https, or "
+                             "-o allow_http if the network is trusted")
+        if path_style is None and _is_ip_or_localhost(parsed.hostname):
+            path_style = True
+    try:
+        return CosConfig(
+            secret_id=creds.secret_id, secret_key=creds.secret_key, token=creds.token,
+            bucket=args.bucket, region=str(args.region), endpoint=str(url) if url else None,
+            path_style=path_style, signature="s3" if args.sigv4 else "cos",
+            connect_timeout=float(args.connect_timeout),  # type: ignore[arg-type]
+            read_timeout=float(args.readwrite_timeout),  # type: ignore[arg-type]
+            pool_size=int(args.max_requests),  # type: ignore[call-overload]
+            ca_bundle=str(args.ca_bundle) if args.ca_bundle else None,
+            verify_tls=not args.no_check_certificate,
+            max_retries=int(args.retries))  # type: ignore[call-overload]
+    except ValueError as exc:
+        raise MountError(str(exc)) from None
+
+
+def _check_mountpoint(path: Path, nonempty: bool) -> None:
+    if not path.exists():
+        raise MountError(f"mount point {path} does not exist")
+    if not path.is_dir():
+        raise MountError(f"mount point {path} is not a directory")
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            if line.split()[1] == real:
+                raise MountError(f"{path} is already a mount point")
+    if not nonempty and any(path.iterdir()):
+        raise MountError(f"mount point {path} is not empty (use -o nonempty to mount anyway)")
+
+
+def describe_bucket_error(exc: CosError, config: CosConfig) -> str:
+    endpoint = config.endpoint or f"https://{config.bucket}.cos.{config.region}.myqcloud.com"
+    if exc.status == 0:
+        return f"cannot reach {endpoint}: {exc.message or exc.code}"
+    if exc.code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
+        return (f"access denied by {endpoint}: {exc.code} "
+                "(check the SecretId and SecretKey)")
+    if exc.status == 403:
+        return f"access denied to bucket {config.bucket}: {exc.code or 'AccessDenied'}"
+    if exc.status == 404:
+        return f"bucket {config.bucket} does not exist at {endpoint}"
+    return f"bucket {config.bucket} at {endpoint} answered {exc.status} {exc.code}"
+
+
+def default_cache_dir(args: MountArgs, config: CosConfig) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cosfs"
+    ident = f"{config.endpoint or config.region}|{config.bucket}|{args.prefix}"
+    return base / f"{config.bucket}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
+
+
+def build_tunings(args: MountArgs) -> tuple[tuning.Tuning, MetaTuning]:
+    data = tuning.Tuning(
+        part_size=int(args.multipart_size) * MiB,  # type: ignore[call-overload]
+        multipart_threshold=int(args.multipart_size) * MiB,  # type: ignore[call-overload]
+        upload_concurrency=int(args.parallel_count),  # type: ignore[call-overload]
+        readahead_max=int(args.readahead_mb) * MiB,  # type: ignore[call-overload]
+        read_budget=int(args.read_budget_mb) * MiB,  # type: ignore[call-overload]
+        cache_limit=int(args.cache_size_mb) * MiB,  # type: ignore[call-overload]
+        min_free_bytes=int(args.ensure_diskfree) * MiB,  # type: ignore[call-overload]
+        writeback=bool(args.writeback),
+        create_appendable=bool(args.append_new_files),
+        upload_prefix=names.dir_prefix(names.normalize_root(args.prefix)),
+    )
+    ttl = float(args.stat_cache_expire)  # type: ignore[arg-type]
+    metat = MetaTuning(ttl=ttl, negative_ttl=ttl,
+                       max_cached=int(args.max_stat_cache_size))  # type: ignore[call-overload]
+    return data, metat
+
+
+def prepare(args: MountArgs, environ: dict[str, str] | None = None) -> Prepared:
+    """Every check that depends on the user's input, before mounting."""
+    config = build_config(args, environ)
+    try:
+        root_key = names.normalize_root(args.prefix)
+    except ValueError as exc:
+        raise MountError(str(exc)) from None
+    _check_mountpoint(args.mountpoint, bool(args.nonempty))
+    client = CosClient(config)
+    try:
+        client.head_bucket()
+    except CosError as exc:
+        raise MountError(describe_bucket_error(exc, config)) from None
+    cache_dir = Path(args.use_cache) if args.use_cache else default_cache_dir(args, config)
+    if args.del_cache and cache_dir.exists():
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        probe = cache_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise MountError(f"cache directory {cache_dir} is not writable: {exc.strerror}") from None
+    umask = int(args.umask)  # type: ignore[call-overload]
+    uid = os.getuid() if args.uid is None else int(args.uid)  # type: ignore[call-overload]
+    gid = os.getgid() if args.gid is None else int(args.gid)  # type: ignore[call-overload]
+    defaults = meta.Defaults(uid=uid, gid=gid, file_mode=0o666 & ~umask,
+                             dir_mode=0o777 & ~umask)
+    data_t, meta_t = build_tunings(args)
+    return Prepared(args, config, root_key, cache_dir, data_t, meta_t, defaults)
+
+
+def fuse_options(p: Prepared) -> set[str]:
+    opts = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
+    opts |= {f"fsname={p.args.fsname}", "subtype=cosfs"}
+    if p.args.allow_other:
+        opts.add("allow_other")
+    if p.args.ro:
+        opts.add("ro")
+    return opts
+
+
+def guess_content_type(key: str) -> str:
+    return mimetypes.guess_type(key, strict=False)[0] or meta.DEFAULT_CONTENT_TYPE
+
+
+async def serve(p: Prepared, ready: Callable[[], None]) -> None:
+    """Mount, call ``ready()``, serve until unmounted, then finish pending uploads."""
+    client = CosClient(p.config)
+    aclient = AsyncClient(client, p.config.pool_size)
+    ns = Namespace(aclient, p.root_key, p.defaults, p.meta_tuning)
+    mp_mode = 0o777 & ~int(p.args.mp_umask)  # type: ignore[call-overload]
+    ns.inodes[1].attr.mode = stat.S_IFDIR | mp_mode
+    data = DataPath(aclient, p.cache_dir, p.data_tuning)
+    report = await data.cache.recover()
+    if report:
+        log.warning("recovery: %s", report)
+    ops = Operations(ns, data, read_only=bool(p.args.ro),
+                     kernel_ttl=min(1.0, p.meta_tuning.ttl), content_type=guess_content_type)
+    pyfuse3.init(ops, str(p.args.mountpoint), fuse_options(p))
+    clean = False
+    try:
+        ready()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_on_signals, nursery.cancel_scope)
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            nursery.cancel_scope.cancel()
+        clean = True
+    finally:
+        with trio.CancelScope(shield=True):
+            await ops.wait_idle()
+            await data.cache.shutdown()
+            log.info("all uploads finished; unmounting")
+        pyfuse3.close(unmount=_still_mounted(p.args.mountpoint))
+    if not clean:
+        log.warning("mount ended abnormally")
+
+
+async def _on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %s: finishing uploads and unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def _still_mounted(path: Path) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == real for line in f)
+
+
+__all__ = ["MountError", "Prepared", "UsageError", "prepare", "serve"]

@@ -1,0 +1,732 @@
+"""The filesystem's view of a bucket: inodes, keys, lookups, listings and the
+namespace operations (mkdir, unlink, rmdir, rename, setattr, xattrs, symlinks).
+
+This layer knows nothing of FUSE: it raises ``OSError`` with an errno, and
+:mod:`cosfs.fs` turns calls from the kernel into calls here. It talks to COS only
+through :class:`cosfs.aio.AsyncClient`.
+
+Model
+    A path component maps to a key under the mount's root prefix. A name is a
+    *file* (an object ``key``), a *symlink* (an object with S_IFLNK in its mode),
+    or a *directory*: a ``key/`` marker object, or *implicit* when only keys under
+    ``key/`` exist. When both ``key`` and ``key/...`` exist the directory wins and
+    the object is hidden (as mountpoint-s3 does).
+
+Invariants
+    - ``inodes`` holds every inode the kernel may still refer to (lookup count > 0)
+      or that is open; ``children[(parent, name)]`` maps a live name to its inode.
+      An unlinked or replaced inode leaves ``children`` but stays in ``inodes``
+      until forgotten and closed.
+    - An inode's key is derived from its parent chain, so renaming a directory moves
+      everything below it without touching the descendants.
+    - An inode with ``local`` set (a new file not yet uploaded, or a file with dirty
+      staged data) is authoritative: it is never revalidated against the server.
+    - Our own changes update the caches at once; other clients' changes show once
+      ``ttl`` has passed.
+
+Concurrency
+    Everything runs on the trio event loop; state changes between awaits only.
+    Operations re-check the tables after each await instead of holding locks, except
+    rename, which holds ``rename_lock`` so two renames never interleave their
+    copy/delete phases.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+import cachetools
+import trio
+
+from cosfs import meta, names
+from cosfs.aio import AsyncClient
+from cosfs.cos import CosError, ObjectInfo
+from cosfs.meta import Attr, Defaults
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+# Server-side copy of one object is limited to 5 GB; larger ones go part by part.
+COPY_LIMIT = 5 * 1024**3
+COPY_PART = 1024**3
+
+
+@dataclass(eq=False)
+class Inode:
+    ino: int
+    parent: int
+    name: str
+    attr: Attr
+    expires: float = 0.0  # trio clock deadline of ``attr``'s validity
+    lookups: int = 0
+    opens: int = 0
+    has_marker: bool = False  # directories: a ``key/`` object exists
+    local: bool = False  # new or dirty: authoritative, not on the server (yet)
+    symlink_target: str | None = None
+    last_open_etag: str = ""  # ETag whose bytes the kernel page cache holds
+
+    def is_dir(self) -> bool:
+        return self.attr.is_dir()
+
+
+@dataclass
+class DirEntry:
+    """One name of a listing. ``info`` is None for a directory."""
+
+    name: str
+    is_dir: bool
+    info: ObjectInfo | None = None
+
+
+@dataclass
+class Listing:
+    """A whole directory listing, kept for ``ttl`` to answer lookups and readdir."""
+
+    entries: dict[str, DirEntry] = field(default_factory=dict)
+
+
+@dataclass
+class MetaTuning:
+    ttl: float = 10.0  # seconds attributes and listings stay valid (0: no caching)
+    negative_ttl: float = 10.0
+    max_cached: int = 100_000  # entries in the attribute and listing caches
+    head_parallel: int = 64  # HEAD requests in flight while filling a listing's attrs
+
+
+class Namespace:
+    """Inode table and namespace operations for one mount. See the module docstring."""
+
+    def __init__(self, aclient: AsyncClient, root_key: str, defaults: Defaults,
+                 tuning: MetaTuning | None = None) -> None:
+        self.aclient = aclient
+        self.root_key = root_key
+        self.defaults = defaults
+        self.tuning = tuning or MetaTuning()
+        now_ns = time.time_ns()
+        root_attr = meta.implicit_dir_attr(defaults, now_ns)
+        self.inodes: dict[int, Inode] = {
+            ROOT_INODE: Inode(ROOT_INODE, ROOT_INODE, "", root_attr, expires=float("inf"),
+                              lookups=1)
+        }
+        self.children: dict[tuple[int, str], int] = {}
+        self._next_ino = ROOT_INODE + 1
+        ttl = max(self.tuning.ttl, 1e-9)
+        # (parent ino, name) of names known not to exist.
+        self.negative: cachetools.TTLCache = cachetools.TTLCache(
+            self.tuning.max_cached, max(self.tuning.negative_ttl, 1e-9), timer=trio.current_time
+        ) if self._cache_on else cachetools.TTLCache(1, 1e-9)
+        # dir ino -> Listing
+        self.listings: cachetools.TTLCache = cachetools.TTLCache(
+            max(1, self.tuning.max_cached // 100), ttl)
+        # key -> (etag, Attr): attributes of unchanged objects never need a second HEAD.
+        self.object_attrs: cachetools.LRUCache = cachetools.LRUCache(self.tuning.max_cached)
+        self.rename_lock = trio.Lock()
+
+    @property
+    def _cache_on(self) -> bool:
+        return self.tuning.ttl > 0
+
+    # -- inode table -----------------------------------------------------------
+
+    def get(self, ino: int) -> Inode:
+        try:
+            return self.inodes[ino]
+        except KeyError:
+            raise OSError(errno.ESTALE, "stale inode") from None
+
+    def key_of(self, inode: Inode) -> str:
+        parts: list[str] = []
+        while inode.ino != ROOT_INODE:
+            parts.append(inode.name)
+            inode = self.inodes[inode.parent]
+        rel = "/".join(reversed(parts))
+        if not self.root_key:
+            return rel
+        return f"{self.root_key}/{rel}" if rel else self.root_key
+
+    def path_of(self, inode: Inode) -> str:
+        """For log lines: the path inside the mount."""
+        parts: list[str] = []
+        while inode.ino != ROOT_INODE:
+            parts.append(inode.name)
+            inode = self.inodes[inode.parent]
+        return "/" + "/".join(reversed(parts))
+
+    def _expiry(self) -> float:
+        return trio.current_time() + self.tuning.ttl if self._cache_on else 0.0
+
+    def _attach(self, parent: Inode, name: str, attr: Attr, *, has_marker: bool = False,
+                local: bool = False) -> Inode:
+        """Bind ``name`` in ``parent`` to an inode with ``attr``, reusing the inode
+        already bound there when it is of the same type."""
+        self.negative.pop((parent.ino, name), None)
+        ino = self.children.get((parent.ino, name))
+        inode = self.inodes.get(ino) if ino is not None else None
+        if inode is not None and inode.attr.kind == attr.kind:
+            if not inode.local:
+                inode.attr = attr
+                inode.has_marker = has_marker
+            inode.local = inode.local or local
+        else:
+            if inode is not None:
+                self._detach(parent.ino, name)
+            inode = Inode(self._next_ino, parent.ino, name, attr, has_marker=has_marker,
+                          local=local)
+            self._next_ino += 1
+            self.inodes[inode.ino] = inode
+            self.children[(parent.ino, name)] = inode.ino
+        inode.expires = self._expiry()
+        return inode
+
+    def _detach(self, parent_ino: int, name: str) -> None:
+        ino = self.children.pop((parent_ino, name), None)
+        if ino is not None:
+            self._maybe_drop(ino)
+
+    def _maybe_drop(self, ino: int) -> None:
+        inode = self.inodes.get(ino)
+        if inode is None or ino == ROOT_INODE:
+            return
+        bound = self.children.get((inode.parent, inode.name)) == ino
+        if inode.lookups <= 0 and inode.opens <= 0 and not bound:
+            del self.inodes[ino]
+
+    def forget(self, ino: int, count: int) -> None:
+        inode = self.inodes.get(ino)
+        if inode is None or ino == ROOT_INODE:
+            return
+        inode.lookups -= count
+        if inode.lookups <= 0 and inode.opens <= 0 and not inode.local:
+            # Forgotten by the kernel (which forgets children before their parent):
+            # the next lookup of the name builds a fresh inode.
+            if self.children.get((inode.parent, inode.name)) == ino:
+                del self.children[(inode.parent, inode.name)]
+            self._maybe_drop(ino)
+
+    def _note_change(self, parent: Inode, name: str, entry: DirEntry | None) -> None:
+        """Keep a cached listing of ``parent`` true after our own change."""
+        listing = self.listings.get(parent.ino)
+        if listing is None:
+            return
+        if entry is None:
+            listing.entries.pop(name, None)
+        else:
+            listing.entries[name] = entry
+        now_ns = time.time_ns()
+        parent.attr.mtime_ns = parent.attr.ctime_ns = now_ns
+
+    # -- resolving names ---------------------------------------------------------
+
+    async def lookup(self, parent_ino: int, name: str) -> Inode:
+        """The inode of ``name`` in directory ``parent_ino``; ENOENT if none."""
+        parent = self.get(parent_ino)
+        if not parent.is_dir():
+            raise OSError(errno.ENOTDIR, "not a directory")
+        ino = self.children.get((parent_ino, name))
+        inode = self.inodes.get(ino) if ino is not None else None
+        if inode is not None and (inode.local or inode.expires > trio.current_time()):
+            return inode
+        if (parent_ino, name) in self.negative:
+            raise OSError(errno.ENOENT, "no such file or directory")
+        listing = self.listings.get(parent_ino)
+        if listing is not None and inode is None:
+            entry = listing.entries.get(name)
+            if entry is None:
+                raise OSError(errno.ENOENT, "no such file or directory")
+        key = names.child_key(self.key_of(parent), name)
+        found = await self._resolve(key)
+        # The table may have changed while we waited: re-read before binding.
+        ino = self.children.get((parent_ino, name))
+        current = self.inodes.get(ino) if ino is not None else None
+        if current is not None and current.local:
+            return current
+        if found is None:
+            self._detach(parent_ino, name)
+            if self._cache_on:
+                self.negative[(parent_ino, name)] = True
+            raise OSError(errno.ENOENT, "no such file or directory")
+        attr, has_marker = found
+        return self._attach(parent, name, attr, has_marker=has_marker)
+
+    async def _resolve(self, key: str) -> tuple[Attr, bool] | None:
+        """Ask COS what ``key`` is: HEAD the object and LIST under ``key/`` at once.
+        Returns (attributes, has_marker) or None when nothing is there."""
+        names.check_key(key)
+        head: list[ObjectInfo | None] = [None]
+        below: list[object] = [None]
+
+        async def do_head() -> None:
+            try:
+                head[0] = await self.aclient.head_object(key)
+            except CosError as exc:
+                if exc.status != 404:
+                    raise
+
+        async def do_list() -> None:
+            below[0] = await self.aclient.list_objects(prefix=key + "/", max_keys=1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(do_head)
+            nursery.start_soon(do_list)
+        page = below[0]
+        if page.contents or page.common_prefixes:  # type: ignore[attr-defined]
+            first = page.contents[0] if page.contents else None  # type: ignore[attr-defined]
+            if first is not None and first.key == key + "/":
+                return await self._dir_attr(key), True
+            return meta.implicit_dir_attr(self.defaults, time.time_ns()), False
+        if head[0] is not None:
+            return self._file_attr(head[0]), False
+        return None
+
+    async def _dir_attr(self, key: str) -> Attr:
+        """Attributes of a directory with a marker (its metadata, from a HEAD)."""
+        try:
+            info = await self.aclient.head_object(key + "/")
+        except CosError as exc:
+            if exc.status != 404:
+                raise
+            return meta.implicit_dir_attr(self.defaults, time.time_ns())
+        return meta.attr_from_object(info, self.defaults, is_dir=True)
+
+    def _file_attr(self, info: ObjectInfo) -> Attr:
+        attr = meta.attr_from_object(info, self.defaults)
+        if not info.from_listing:
+            self.object_attrs[info.key] = (info.etag, attr)
+        return attr
+
+    async def getattr(self, ino: int) -> Inode:
+        """The inode with attributes no older than the TTL (revalidating files)."""
+        inode = self.get(ino)
+        if (inode.local or inode.is_dir() or inode.expires > trio.current_time()
+                or self.children.get((inode.parent, inode.name)) != ino):
+            return inode
+        parent = self.inodes.get(inode.parent)
+        if parent is None:
+            return inode
+        try:
+            return await self.lookup(parent.ino, inode.name)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return inode  # deleted by someone else: the open inode stays usable
+            raise
+
+    # -- listing -------------------------------------------------------------------
+
+    async def list_dir(self, ino: int) -> list[tuple[str, Inode]]:
+        """Every name in directory ``ino`` with an inode carrying full attributes.
+
+        The listing is paged with prefix/delimiter; attributes of objects not seen
+        before (by ETag) come from HEAD requests issued in parallel, never one by one.
+        The caller must account one lookup per returned inode it hands the kernel.
+        """
+        parent = self.get(ino)
+        if not parent.is_dir():
+            raise OSError(errno.ENOTDIR, "not a directory")
+        listing = self.listings.get(ino)
+        if listing is None:
+            listing = await self._fetch_listing(parent)
+        entries = sorted(listing.entries.values(), key=lambda e: e.name.encode())
+        await self._fill_attrs(parent, entries)
+        result = []
+        for e in entries:
+            child = self.inodes.get(self.children.get((ino, e.name), -1))
+            if child is not None:
+                result.append((e.name, child))
+        # New files not yet uploaded are part of the directory too.
+        listed = {n for n, _ in result}
+        for (p, name), cino in list(self.children.items()):
+            if p == ino and name not in listed and self.inodes[cino].local:
+                result.append((name, self.inodes[cino]))
+        return result
+
+    async def _fetch_listing(self, parent: Inode) -> Listing:
+        prefix = names.dir_prefix(self.key_of(parent))
+        listing = Listing()
+        pages = self.aclient.sync.iter_list(prefix=prefix, delimiter="/")
+        while True:
+            page = await self.aclient.call(next, pages, None)
+            if page is None:
+                break
+            for p in page.common_prefixes:
+                name = p[len(prefix):].rstrip("/")
+                if names.is_listable(name):
+                    listing.entries[name] = DirEntry(name, True)
+            for info in page.contents:
+                name = info.key[len(prefix):]
+                if info.key == prefix or not names.is_listable(name) or "/" in name:
+                    continue
+                if name not in listing.entries:  # a directory of that name wins
+                    listing.entries[name] = DirEntry(name, False, info)
+        if self._cache_on:
+            self.listings[parent.ino] = listing
+        return listing
+
+    async def _fill_attrs(self, parent: Inode, entries: Iterable[DirEntry]) -> None:
+        """Bind every entry to an inode with full attributes, HEADing in parallel only
+        what neither a live inode nor the attribute cache can tell."""
+        now = trio.current_time()
+        todo: list[DirEntry] = []
+        for e in entries:
+            ino = self.children.get((parent.ino, e.name))
+            inode = self.inodes.get(ino) if ino is not None else None
+            fresh = inode is not None and (inode.local or inode.expires > now)
+            if fresh and (e.info is None or inode.attr.etag == e.info.etag or inode.is_dir()):
+                continue
+            if e.info is not None:
+                cached = self.object_attrs.get(e.info.key)
+                if cached is not None and cached[0] == e.info.etag:
+                    attr = replace(cached[1], size=e.info.size)
+                    self._attach(parent, e.name, attr)
+                    continue
+            todo.append(e)
+        if not todo:
+            return
+        base = self.key_of(parent)
+        limit = trio.CapacityLimiter(self.tuning.head_parallel)
+
+        async def fill(e: DirEntry) -> None:
+            async with limit:
+                key = names.child_key(base, e.name)
+                if e.is_dir:
+                    attr = await self._dir_attr(key)
+                    self._attach(parent, e.name, attr, has_marker=bool(attr.etag))
+                    return
+                try:
+                    info = await self.aclient.head_object(key)
+                except CosError as exc:
+                    if exc.status != 404:
+                        raise
+                    return  # deleted since the listing
+                self._attach(parent, e.name, self._file_attr(info))
+
+        async with trio.open_nursery() as nursery:
+            for e in todo:
+                nursery.start_soon(fill, e)
+
+    # -- creating ------------------------------------------------------------------
+
+    async def _check_free(self, parent: Inode, name: str) -> str:
+        """Key for a new ``name`` in ``parent``; EEXIST if the name is taken."""
+        if not parent.is_dir():
+            raise OSError(errno.ENOTDIR, "not a directory")
+        try:
+            await self.lookup(parent.ino, name)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        else:
+            raise OSError(errno.EEXIST, "file exists")
+        return names.child_key(self.key_of(parent), name)
+
+    def new_attr(self, mode: int, uid: int, gid: int) -> Attr:
+        now = time.time_ns()
+        return Attr(mode=mode, uid=uid, gid=gid, mtime_ns=now, ctime_ns=now)
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Inode:
+        parent = self.get(parent_ino)
+        key = await self._check_free(parent, name)
+        names.check_key(key, directory=True)
+        attr = self.new_attr(stat.S_IFDIR | stat.S_IMODE(mode), uid, gid)
+        await self.aclient.put_object(key + "/", b"", content_type=meta.DIR_CONTENT_TYPE,
+                                      metadata=meta.metadata_for(attr))
+        inode = self._attach(parent, name, attr, has_marker=True)
+        self.listings[inode.ino] = Listing()  # known empty
+        self._note_change(parent, name, DirEntry(name, True))
+        return inode
+
+    def create_local(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Inode:
+        """A new regular file that exists only locally until its first upload."""
+        parent = self.get(parent_ino)
+        key = names.child_key(self.key_of(parent), name)
+        names.check_key(key)
+        attr = self.new_attr(stat.S_IFREG | stat.S_IMODE(mode), uid, gid)
+        inode = self._attach(parent, name, attr, local=True)
+        self._note_change(parent, name, None)
+        return inode
+
+    async def ensure_absent(self, parent_ino: int, name: str) -> None:
+        """EEXIST when ``name`` exists (for create/mknod/symlink)."""
+        await self._check_free(self.get(parent_ino), name)
+
+    async def symlink(self, parent_ino: int, name: str, target: str, uid: int,
+                      gid: int) -> Inode:
+        parent = self.get(parent_ino)
+        key = await self._check_free(parent, name)
+        names.check_key(key)
+        attr = self.new_attr(stat.S_IFLNK | 0o777, uid, gid)
+        body = target.encode("utf-8", "surrogateescape")
+        attr.size = len(body)
+        etag = await self.aclient.put_object(key, body, content_type=meta.DEFAULT_CONTENT_TYPE,
+                                             metadata=meta.metadata_for(attr))
+        attr.etag = etag
+        self.object_attrs[key] = (etag, attr)
+        inode = self._attach(parent, name, attr)
+        inode.symlink_target = target
+        self._note_change(parent, name, None)
+        self.listings.pop(parent.ino, None)
+        return inode
+
+    async def readlink(self, ino: int) -> str:
+        inode = self.get(ino)
+        if not inode.attr.is_symlink():
+            raise OSError(errno.EINVAL, "not a symlink")
+        if inode.symlink_target is None:
+            data = await self.aclient.get_object(self.key_of(inode))
+            inode.symlink_target = data.decode("utf-8", "surrogateescape")
+        return inode.symlink_target
+
+    def uploaded(self, inode: Inode, info: ObjectInfo | None) -> None:
+        """Record the object a flush of ``inode`` produced."""
+        if info is None:
+            return
+        inode.attr.etag = info.etag
+        inode.attr.size = info.size
+        inode.attr.appendable = info.appendable
+        inode.last_open_etag = info.etag
+        inode.local = False
+        self.object_attrs[info.key] = (info.etag, replace(inode.attr, partial=False))
+        parent = self.inodes.get(inode.parent)
+        if parent is not None and self.children.get((parent.ino, inode.name)) == inode.ino:
+            self._note_change(parent, inode.name, DirEntry(inode.name, False, info))
+        inode.expires = self._expiry()
+
+    # -- removing ------------------------------------------------------------------
+
+    async def unlink(self, parent_ino: int, name: str) -> Inode:
+        """Delete a file or symlink; returns its inode (open handles keep it)."""
+        parent = self.get(parent_ino)
+        inode = await self.lookup(parent_ino, name)
+        if inode.is_dir():
+            raise OSError(errno.EISDIR, "is a directory")
+        key = self.key_of(inode)
+        if inode.attr.etag:  # a local-only file has nothing on the server yet
+            await self.aclient.delete_object(key)
+        self.object_attrs.pop(key, None)
+        inode.local = False
+        self._detach(parent_ino, name)
+        self._note_change(parent, name, None)
+        if self._cache_on:
+            self.negative[(parent_ino, name)] = True
+        return inode
+
+    async def _has_children(self, inode: Inode) -> bool:
+        if any(p == inode.ino and self.inodes[c].local for (p, _), c in self.children.items()):
+            return True
+        key = self.key_of(inode)
+        page = await self.aclient.list_objects(prefix=key + "/", max_keys=2)
+        return any(c.key != key + "/" for c in page.contents) or bool(page.common_prefixes)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        parent = self.get(parent_ino)
+        inode = await self.lookup(parent_ino, name)
+        if not inode.is_dir():
+            raise OSError(errno.ENOTDIR, "not a directory")
+        if await self._has_children(inode):
+            raise OSError(errno.ENOTEMPTY, "directory not empty")
+        await self.aclient.delete_object(self.key_of(inode) + "/")
+        self._detach(parent_ino, name)
+        self.listings.pop(inode.ino, None)
+        self._note_change(parent, name, None)
+        if self._cache_on:
+            self.negative[(parent_ino, name)] = True
+
+    # -- attributes ----------------------------------------------------------------
+
+    async def store_attr(self, inode: Inode, attr: Attr) -> None:
+        """Persist new mode/uid/gid/mtime/xattrs of a clean inode on the server by a
+        metadata self-copy (a directory without marker gets one)."""
+        if not meta.fits_metadata_limit(attr):
+            raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
+        key = self.key_of(inode)
+        if inode.is_dir():
+            if inode.ino == ROOT_INODE and not key:
+                inode.attr = attr  # the bucket root has no object to carry metadata
+                return
+            await self.aclient.put_object(key + "/", b"", content_type=meta.DIR_CONTENT_TYPE,
+                                          metadata=meta.metadata_for(attr))
+            inode.has_marker = True
+        elif not inode.local:
+            if inode.attr.appendable:
+                # COS cannot copy appendable objects, so their metadata cannot change
+                # without rewriting the data: refuse rather than pretend.
+                raise OSError(errno.EOPNOTSUPP, "appendable objects keep their metadata")
+            etag = await self.aclient.copy_object(key, key, metadata=meta.metadata_for(attr),
+                                                  content_type=meta.DEFAULT_CONTENT_TYPE)
+            attr.etag = etag
+            self.object_attrs[key] = (etag, attr)
+        inode.attr = attr
+        inode.expires = self._expiry()
+
+    # -- rename --------------------------------------------------------------------
+
+    async def rename(self, old_parent: int, old_name: str, new_parent: int, new_name: str,
+                     *, noreplace: bool = False,
+                     before_copy: object = None) -> tuple[Inode, Inode | None]:
+        """Move ``old_name`` to ``new_name``; returns (moved inode, replaced inode).
+
+        Files: server-side copy then delete (multipart copy above 5 GB). Directories:
+        every key below is copied (in parallel) before any is deleted (in batches),
+        so a crash midway leaves both trees, never neither. ``before_copy`` (an async
+        callable taking the inode) lets the caller upload staged data first.
+        """
+        async with self.rename_lock:
+            src_parent = self.get(old_parent)
+            dst_parent = self.get(new_parent)
+            src = await self.lookup(old_parent, old_name)
+            try:
+                dst: Inode | None = await self.lookup(new_parent, new_name)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                dst = None
+            if dst is src:
+                return src, None
+            if dst is not None:
+                if noreplace:
+                    raise OSError(errno.EEXIST, "target exists")
+                self._check_replace(src, dst)
+                if dst.is_dir() and await self._has_children(dst):
+                    raise OSError(errno.ENOTEMPTY, "target directory not empty")
+            if src.is_dir() and self._is_ancestor(src, dst_parent):
+                raise OSError(errno.EINVAL, "cannot move a directory into itself")
+            old_key = self.key_of(src)
+            new_key = names.child_key(self.key_of(dst_parent), new_name)
+            names.check_key(new_key, directory=src.is_dir())
+            if before_copy is not None:
+                await before_copy(src)  # type: ignore[operator]
+            if src.is_dir():
+                await self._move_tree(old_key, new_key)
+            elif not src.local:
+                await self._move_object(src, old_key, new_key)
+            if dst is not None and dst.is_dir() and not src.has_marker:
+                # An empty directory replaced by an implicit one: drop its marker.
+                await self.aclient.delete_object(new_key + "/")
+            self._move_inode(src, src_parent, old_name, dst_parent, new_name)
+            return src, dst
+
+    @staticmethod
+    def _check_replace(src: Inode, dst: Inode) -> None:
+        if src.is_dir() and not dst.is_dir():
+            raise OSError(errno.ENOTDIR, "target is not a directory")
+        if not src.is_dir() and dst.is_dir():
+            raise OSError(errno.EISDIR, "target is a directory")
+
+    def _is_ancestor(self, inode: Inode, other: Inode) -> bool:
+        while True:
+            if other.ino == inode.ino:
+                return True
+            if other.ino == ROOT_INODE:
+                return False
+            other = self.inodes[other.parent]
+
+    def _move_inode(self, src: Inode, src_parent: Inode, old_name: str, dst_parent: Inode,
+                    new_name: str) -> None:
+        self._detach(dst_parent.ino, new_name)
+        self.children.pop((src_parent.ino, old_name), None)
+        src.parent, src.name = dst_parent.ino, new_name
+        self.children[(dst_parent.ino, new_name)] = src.ino
+        self.negative.pop((dst_parent.ino, new_name), None)
+        if self._cache_on:
+            self.negative[(src_parent.ino, old_name)] = True
+        self._note_change(src_parent, old_name, None)
+        self._note_change(dst_parent, new_name, DirEntry(new_name, src.is_dir()))
+        # Listings under a moved directory and the attribute cache speak of old keys.
+        self.listings.pop(dst_parent.ino, None)
+        if src.is_dir():
+            self.listings.clear()
+
+    async def _move_object(self, src: Inode, old_key: str, new_key: str) -> None:
+        info = await self.copy_object(old_key, new_key, src.attr)
+        await self.aclient.delete_object(old_key)
+        cached = self.object_attrs.pop(old_key, None)
+        src.attr.etag = info
+        if cached is not None:
+            self.object_attrs[new_key] = (info, src.attr)
+
+    async def copy_object(self, src_key: str, dst_key: str, attr: Attr) -> str:
+        """Server-side copy keeping metadata; returns the new ETag. Objects over 5 GB
+        are copied part by part; appendable ones (which COS cannot copy) are
+        re-appended from a download, so they stay appendable."""
+        if attr.appendable:
+            return await self._copy_appendable(src_key, dst_key, attr)
+        if attr.size <= COPY_LIMIT:
+            return await self.aclient.copy_object(src_key, dst_key)
+        from cosfs.cos import PartInfo
+
+        upload = await self.aclient.create_multipart_upload(
+            dst_key, content_type=meta.DEFAULT_CONTENT_TYPE, metadata=meta.metadata_for(attr))
+        try:
+            parts: list[PartInfo] = []
+            async with trio.open_nursery() as nursery:
+                for n, start in enumerate(range(0, attr.size, COPY_PART), 1):
+                    end = min(start + COPY_PART, attr.size) - 1
+
+                    async def one(n: int = n, start: int = start, end: int = end) -> None:
+                        etag = await self.aclient.upload_part_copy(dst_key, upload, n, src_key,
+                                                                   start, end)
+                        parts.append(PartInfo(n, etag))
+
+                    nursery.start_soon(one)
+            parts.sort(key=lambda p: p.part_number)
+            return await self.aclient.complete_multipart_upload(dst_key, upload, parts)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.aclient.abort_multipart_upload(dst_key, upload)
+                except CosError:
+                    log.warning("could not abort multipart copy of %r", dst_key)
+            raise
+
+    async def _copy_appendable(self, src_key: str, dst_key: str, attr: Attr) -> str:
+        chunk = 64 * 1024**2
+        position = 0
+        await self.aclient.delete_object(dst_key)
+        while position < attr.size or position == 0:
+            end = min(position + chunk, attr.size) - 1
+            data = (await self.aclient.get_object(src_key, position, end)
+                    if attr.size else b"")
+            await self.aclient.append_object(
+                dst_key, position, data, content_type=meta.DEFAULT_CONTENT_TYPE,
+                metadata=meta.metadata_for(attr) if position == 0 else None)
+            position += len(data)
+            if not data:
+                break
+        return (await self.aclient.head_object(dst_key)).etag
+
+    async def _move_tree(self, old_key: str, new_key: str) -> None:
+        old_prefix, new_prefix = old_key + "/", new_key + "/"
+        keys: list[ObjectInfo] = []
+        pages = self.aclient.sync.iter_list(prefix=old_prefix)
+        while (page := await self.aclient.call(next, pages, None)) is not None:
+            keys.extend(page.contents)
+        for info in keys:
+            names.check_key(new_prefix + info.key[len(old_prefix):])
+        limit = trio.CapacityLimiter(self.tuning.head_parallel)
+
+        async def copy_one(info: ObjectInfo) -> None:
+            async with limit:
+                dst = new_prefix + info.key[len(old_prefix):]
+                if info.appendable or info.size > COPY_LIMIT:
+                    head = await self.aclient.head_object(info.key)
+                    await self.copy_object(info.key, dst, self._file_attr(head))
+                else:
+                    await self.aclient.copy_object(info.key, dst)
+
+        async with trio.open_nursery() as nursery:
+            for info in keys:
+                nursery.start_soon(copy_one, info)
+        errors = await self.aclient.delete_objects([i.key for i in keys])
+        if errors:
+            raise OSError(errno.EIO, f"could not delete {len(errors)} old keys after copy")
+        for info in keys:
+            self.object_attrs.pop(info.key, None)
+
+    # -- statistics ----------------------------------------------------------------
+
+    def open_inodes(self) -> Iterable[Inode]:
+        return (i for i in self.inodes.values() if i.opens > 0)
