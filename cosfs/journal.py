@@ -1,0 +1,238 @@
+"""The crash journal of the write cache: which staged files hold data not yet on the
+server, and which multipart uploads are open.
+
+Two parts, each suited to its rate of change:
+
+* ``Journal``: SQLite (WAL) in the cache directory, one row per staged file while
+  it is dirty (key, staging file name, the base object's key/ETag/size, the last
+  metadata) and one row per open multipart upload. Rows change a few times per
+  file (first write, upload start, upload end), never per write().
+* ``ExtentLog``: next to each staging file, an append-only log of the writes and
+  truncates applied to it, one small record per call. Replaying it through a
+  :class:`~cosfs.ranges.DirtyMap` gives exactly the dirty ranges. A plain
+  ``write(2)`` is enough for crash safety: a killed process loses nothing that
+  reached the kernel's page cache. Only a power loss needs ``fsync``, which the
+  writer issues where durability is promised (fsync(), write-back flush).
+
+Order that makes recovery sound: the journal row is committed before the staging
+file is first written; each write lands in the staging file before its log record;
+write() returns only after both. A record without its data cannot exist, so every
+recorded range holds accepted bytes, and every accepted byte is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import struct
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .ranges import DirtyMap
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS staged (
+    id INTEGER PRIMARY KEY,
+    ino INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    name TEXT NOT NULL,            -- staging file name inside the staging folder
+    base_key TEXT,                 -- NULL: a new file, no object to fill from
+    base_etag TEXT,
+    base_size INTEGER NOT NULL DEFAULT 0,
+    base_appendable INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    content_type TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id TEXT PRIMARY KEY,
+    key TEXT NOT NULL,
+    staged_id INTEGER,
+    started REAL NOT NULL
+);
+"""
+
+
+@dataclass
+class StagedRecord:
+    """One dirty staged file as the journal knows it."""
+
+    ino: int
+    key: str
+    name: str
+    base_key: str | None = None
+    base_etag: str | None = None
+    base_size: int = 0
+    base_appendable: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
+    created: float = field(default_factory=time.time)
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class UploadRecord:
+    upload_id: str
+    key: str
+    staged_id: int | None
+    started: float
+
+
+class Journal:
+    """SQLite journal of dirty staged files and open multipart uploads.
+
+    Every method commits before it returns (WAL, ``synchronous=NORMAL``: a commit
+    survives the death of the process; :meth:`sync` checkpoints with fsync for the
+    moments that must survive a power loss). One connection, used only from the
+    thread running the trio loop; calls are short (no row holds file data).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def sync(self) -> None:
+        """Make every committed change durable against power loss."""
+        self._db.execute("PRAGMA wal_checkpoint(FULL)")
+
+    # -- staged files ----------------------------------------------------------
+    def add_file(self, rec: StagedRecord) -> int:
+        cur = self._db.execute(
+            "INSERT INTO staged (ino, key, name, base_key, base_etag, base_size,"
+            " base_appendable, metadata, content_type, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (rec.ino, rec.key, rec.name, rec.base_key, rec.base_etag, rec.base_size,
+             int(rec.base_appendable), json.dumps(rec.metadata), rec.content_type,
+             rec.created),
+        )
+        rec.id = cur.lastrowid
+        assert rec.id is not None
+        return rec.id
+
+    def update_file(self, rec: StagedRecord) -> None:
+        self._db.execute(
+            "UPDATE staged SET key=?, base_key=?, base_etag=?, base_size=?,"
+            " base_appendable=?, metadata=?, content_type=? WHERE id=?",
+            (rec.key, rec.base_key, rec.base_etag, rec.base_size, int(rec.base_appendable),
+             json.dumps(rec.metadata), rec.content_type, rec.id),
+        )
+
+    def remove_file(self, file_id: int) -> None:
+        self._db.execute("DELETE FROM staged WHERE id=?", (file_id,))
+
+    def files(self) -> list[StagedRecord]:
+        rows = self._db.execute(
+            "SELECT id, ino, key, name, base_key, base_etag, base_size, base_appendable,"
+            " metadata, content_type, created FROM staged ORDER BY id").fetchall()
+        return [StagedRecord(id=r[0], ino=r[1], key=r[2], name=r[3], base_key=r[4],
+                             base_etag=r[5], base_size=r[6], base_appendable=bool(r[7]),
+                             metadata=json.loads(r[8]), content_type=r[9], created=r[10])
+                for r in rows]
+
+    # -- multipart uploads -----------------------------------------------------
+    def add_upload(self, upload_id: str, key: str, staged_id: int | None) -> None:
+        self._db.execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)",
+                         (upload_id, key, staged_id, time.time()))
+
+    def remove_upload(self, upload_id: str) -> None:
+        self._db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+
+    def uploads(self) -> list[UploadRecord]:
+        rows = self._db.execute(
+            "SELECT upload_id, key, staged_id, started FROM uploads ORDER BY started")
+        return [UploadRecord(*r) for r in rows.fetchall()]
+
+
+# One record: kind (b"W" write, b"T" truncate), two 64-bit numbers, CRC32 of the rest.
+_RECORD = struct.Struct("<cQQI")
+_WRITE, _TRUNCATE = b"W", b"T"
+
+
+class ExtentLog:
+    """Append-only log of the writes and truncates of one staging file.
+
+    ``write(offset, length)`` and ``truncate(size)`` each append one record with a
+    single ``write(2)`` (records are small, so a concurrent reader never sees half
+    of one from a live process; a torn record after a power loss fails its CRC and
+    ends the replay). :meth:`rewrite` replaces the log atomically (write a new file,
+    rename it over the old one) once an upload made older records moot.
+    Not thread-safe: the owning staged file serialises calls under its lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records = 0
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def write(self, offset: int, length: int) -> None:
+        self._append(_WRITE, offset, length)
+
+    def truncate(self, size: int) -> None:
+        self._append(_TRUNCATE, size, 0)
+
+    def fsync(self) -> None:
+        os.fsync(self._fd)
+
+    def _append(self, kind: bytes, a: int, b: int) -> None:
+        os.write(self._fd, _pack(kind, a, b))
+        self.records += 1
+
+    def rewrite(self, size: int, dirty: Iterable[tuple[int, int]]) -> None:
+        """Replace the log with the shortest one giving ``size`` and ``dirty`` when
+        replayed on the (new) base: one truncate, then one write per range."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        records = [_pack(_TRUNCATE, size, 0)]
+        records += [_pack(_WRITE, s, e - s) for s, e in dirty]
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"".join(records))
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        self.close()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        self.records = len(records)
+
+    def clear(self) -> None:
+        """Forget every record (the staged file is clean again)."""
+        os.ftruncate(self._fd, 0)
+        self.records = 0
+
+    @staticmethod
+    def replay(path: Path, base_size: int) -> DirtyMap:
+        """The dirty map the logged calls produce on a base of ``base_size`` bytes.
+        A missing log means no call was logged."""
+        dm = DirtyMap(base_size)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return dm
+        for pos in range(0, len(raw) - _RECORD.size + 1, _RECORD.size):
+            kind, a, b, crc = _RECORD.unpack_from(raw, pos)
+            if zlib.crc32(raw[pos:pos + _RECORD.size - 4]) != crc:
+                break  # torn by a power loss: nothing after it was acknowledged
+            if kind == _WRITE:
+                dm.write(a, b)
+            elif kind == _TRUNCATE:
+                dm.truncate(a)
+        return dm
+
+
+def _pack(kind: bytes, a: int, b: int) -> bytes:
+    head = struct.pack("<cQQ", kind, a, b)
+    return head + struct.pack("<I", zlib.crc32(head))

@@ -1,0 +1,318 @@
+"""Reading objects: ranged GETs with sequential detection and a growing read-ahead
+window, bounded by a mount-wide memory budget.
+
+A read never downloads the whole object to answer a small request. The first read
+of a handle (and any read that jumps away from the previous one) costs one small
+ranged GET. Once two reads follow each other, the handle keeps a window of
+read-ahead in flight ahead of the reader: it starts at ``readahead_initial`` and
+doubles with every sequential read up to ``readahead_max`` (or the handle's share
+of the :class:`ReadBudget`), fetched as ranged GETs of up to ``read_chunk`` bytes,
+several at once. The read itself only copies bytes already fetched, or waits for
+the GET in flight that covers them.
+
+Every GET carries ``If-Match`` with the ETag the handle was opened on: if the
+object is replaced while it is read, the answer is 412 and the read fails with
+EIO rather than returning a mix of old and new bytes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from .background import TaskSet
+from .tuning import MiB, Tuning
+
+log = logging.getLogger(__name__)
+
+_fetches = TaskSet("read-ahead")
+
+
+class ReadBudget:
+    """The read-ahead memory of one mount: bytes fetched (or being fetched) ahead of
+    readers, across all open handles.
+
+    Read-ahead only starts a GET when it can take its size from the budget; bytes
+    a read needs right now are taken regardless (they are bounded by the request
+    size), so ``used`` can pass ``total`` by at most the reads in progress. Each
+    reader's window is capped at an equal share of the total, so many readers
+    shrink each other's windows instead of growing memory.
+    Concurrency: trio thread only; no awaits inside, so every method is atomic.
+    """
+
+    def __init__(self, total_bytes: int, min_window: int = 1 * MiB) -> None:
+        self.total = total_bytes
+        self.min_window = min_window
+        self.used = 0
+        self.readers = 0
+
+    def join(self) -> None:
+        self.readers += 1
+
+    def leave(self) -> None:
+        self.readers -= 1
+
+    def window_cap(self, wanted: int) -> int:
+        """The largest read-ahead window one reader may use now."""
+        share = self.total // max(1, self.readers)
+        return min(wanted, max(self.min_window, share))
+
+    def try_take(self, n: int) -> bool:
+        if self.used + n > self.total:
+            return False
+        self.used += n
+        return True
+
+    def take(self, n: int) -> None:
+        self.used += n
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+def object_error(key: str, exc: Exception) -> OSError:
+    """The OSError a failed GET of ``key`` becomes (EIO; the reason goes to the log)."""
+    status = getattr(exc, "status", None)
+    if status == 412:
+        log.error("%r changed on the server while it was open; failing the read", key)
+        return OSError(errno.EIO, f"{key!r} changed on the server")
+    log.error("reading %r failed: %s", key, exc)
+    return OSError(errno.EIO, f"reading {key!r} failed")
+
+
+async def fetch_range(aclient, key: str, start: int, end: int, etag: str) -> bytearray:
+    """Bytes ``[start, end)`` of ``key`` if its ETag is still ``etag``; else
+    OSError(EIO). Never returns a short or mixed answer."""
+    try:
+        return await aclient.call(_get_range, aclient.sync, key, start, end, etag)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise object_error(key, exc) from exc
+
+
+def _get_range(client, key: str, start: int, end: int, etag: str) -> bytearray:
+    """Stream one ranged GET into a buffer of its exact size (a worker thread), so
+    a chunk costs its size in memory once, not twice as joining pieces would."""
+    buf = bytearray(end - start)
+    pos = 0
+    with client.get_object_stream(key, start, end - 1, if_match=etag) as (_, pieces):
+        for piece in pieces:
+            if pos + len(piece) > len(buf):
+                break
+            buf[pos:pos + len(piece)] = piece
+            pos += len(piece)
+    if pos != len(buf):
+        log.error("GET %r bytes %d-%d returned a different length", key, start, end - 1)
+        raise OSError(errno.EIO, f"wrong length reading {key!r}")
+    return buf
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """One ranged GET: ``[start, end)``; ``data`` is set once ``done`` is."""
+
+    start: int
+    end: int
+    budget: int  # bytes taken from the ReadBudget, 0 once given back
+    ahead: bool  # started by read-ahead (not by a read that needed it)
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytearray | None = None
+    error: OSError | None = None
+    dropped: bool = False
+
+
+class ObjectReader:
+    """Reads one object version for one open handle.
+
+    Invariants: ``_chunks`` is sorted by start and its ranges never overlap; every
+    chunk in it either holds or is fetching exactly its range; budget taken by a
+    chunk is given back exactly once (when it is dropped and done).
+    Concurrency: the kernel may send several reads of one handle at once; they run
+    as trio tasks and only await while waiting for a chunk, so the bookkeeping
+    between awaits is atomic. GETs run as background tasks; ``close`` does not wait
+    for them (they return their budget when they end).
+    """
+
+    def __init__(self, aclient, key: str, size: int, etag: str, budget: ReadBudget,
+                 tuning: Tuning | None = None) -> None:
+        self._client = aclient
+        self.key = key
+        self.size = size
+        self.etag = etag
+        self._budget = budget
+        self._t = tuning or Tuning()
+        self._chunks: list[_Chunk] = []
+        self._last_end: int | None = None
+        self._window = self._t.readahead_initial
+        self._closed = False
+        self.hits = 0
+        self.misses = 0
+        budget.join()
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; fewer only at the end of the object."""
+        if self._closed:
+            raise OSError(errno.EBADF, "reader is closed")
+        end = min(self.size, offset + length)
+        if offset < 0 or offset >= end:
+            return b""
+        sequential = self._note_access(offset, end)
+        if all(c.done.is_set() for c in self._overlapping(offset, end)) and self._covers(
+                offset, end):
+            self.hits += 1
+        else:
+            self.misses += 1
+        self._fetch_gaps(offset, end)
+        if sequential:
+            self._read_ahead(end)
+        return await self._collect(offset, end)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for chunk in self._chunks:
+            self._drop(chunk)
+        self._chunks = []
+        self._budget.leave()
+
+    # -- access pattern --------------------------------------------------------
+    def _note_access(self, offset: int, end: int) -> bool:
+        """Record a read; True when it continues the previous ones."""
+        slack = self._t.sequential_slack
+        last = self._last_end
+        sequential = last is not None and (
+            last - slack <= offset <= last + slack
+            or any(c.ahead for c in self._overlapping(offset, offset + 1)))
+        if sequential:
+            assert last is not None
+            self._last_end = max(last, end)
+            # Bytes well behind the reader will not be asked for again.
+            self._forget(lambda c: c.end <= offset - slack)
+            self._window = min(self._window * 2, self._window_cap())
+        else:
+            self._last_end = end
+            self._window = self._t.readahead_initial
+            self._forget(lambda c: c.end <= offset or c.start >= end)
+        return sequential
+
+    def _window_cap(self) -> int:
+        return self._budget.window_cap(self._t.readahead_max)
+
+    # -- chunks ----------------------------------------------------------------
+    def _overlapping(self, start: int, end: int) -> list[_Chunk]:
+        return [c for c in self._chunks if c.start < end and c.end > start]
+
+    def _covers(self, start: int, end: int) -> bool:
+        pos = start
+        for c in self._overlapping(start, end):
+            if c.start > pos:
+                return False
+            pos = c.end
+        return pos >= end
+
+    def _gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        gaps, pos = [], start
+        for c in self._overlapping(start, end):
+            if c.start > pos:
+                gaps.append((pos, c.start))
+            pos = max(pos, c.end)
+        if pos < end:
+            gaps.append((pos, end))
+        return gaps
+
+    def _next_start(self, pos: int) -> int:
+        """Where the first chunk at or after ``pos`` begins (the size if none)."""
+        return min((c.start for c in self._chunks if c.start >= pos), default=self.size)
+
+    def _fetch_gaps(self, start: int, end: int) -> None:
+        """Start GETs for the parts of ``[start, end)`` no chunk covers; each is at
+        least ``read_min_fetch`` long (or the whole object when that is small)."""
+        small_object = self.size <= self._t.readahead_initial
+        for gap_start, gap_end in self._gaps(start, end):
+            want = self.size if small_object else gap_start + self._t.read_min_fetch
+            stop = min(max(gap_end, want), self._next_start(gap_end), self.size)
+            self._budget.take(stop - gap_start)
+            self._start(_Chunk(gap_start, stop, stop - gap_start, ahead=False))
+
+    def _read_ahead(self, pos: int) -> None:
+        """Keep ``_window`` bytes past ``pos`` fetched or in flight."""
+        self._window = min(self._window, self._window_cap())
+        frontier = pos
+        for c in self._chunks:  # skip what is already covered
+            if c.start <= frontier < c.end:
+                frontier = c.end
+        in_flight = sum(1 for c in self._chunks if not c.done.is_set())
+        while (frontier < self.size and frontier - pos < self._window
+               and in_flight < self._t.read_concurrency):
+            stop = min(frontier + min(self._t.read_chunk, self._window),
+                       self._next_start(frontier), self.size)
+            if not self._budget.try_take(stop - frontier):
+                break
+            self._start(_Chunk(frontier, stop, stop - frontier, ahead=True))
+            in_flight += 1
+            frontier = stop
+            for c in self._chunks:
+                if c.start <= frontier < c.end:
+                    frontier = c.end
+
+    def _start(self, chunk: _Chunk) -> None:
+        i = 0
+        while i < len(self._chunks) and self._chunks[i].start < chunk.start:
+            i += 1
+        self._chunks.insert(i, chunk)
+        _fetches.spawn(self._fetch, chunk)
+
+    async def _fetch(self, chunk: _Chunk) -> None:
+        try:
+            chunk.data = await fetch_range(self._client, self.key, chunk.start, chunk.end,
+                                           self.etag)
+        except OSError as exc:
+            chunk.error = exc
+        except Exception as exc:
+            chunk.error = object_error(self.key, exc)
+        finally:
+            chunk.done.set()
+            if chunk.dropped:
+                self._give_back(chunk)
+
+    def _forget(self, stale) -> None:
+        keep = []
+        for c in self._chunks:
+            if stale(c):
+                self._drop(c)
+            else:
+                keep.append(c)
+        self._chunks = keep
+
+    def _drop(self, chunk: _Chunk) -> None:
+        """Stop tracking ``chunk``; its memory goes once no read holds it."""
+        chunk.dropped = True
+        if chunk.done.is_set():
+            self._give_back(chunk)
+
+    def _give_back(self, chunk: _Chunk) -> None:
+        self._budget.give(chunk.budget)
+        chunk.budget = 0
+
+    async def _collect(self, start: int, end: int) -> bytes:
+        """Wait for the chunks covering ``[start, end)`` and copy the bytes out."""
+        pieces = []
+        pos = start
+        for chunk in self._overlapping(start, end):
+            await chunk.done.wait()
+            if chunk.error is not None:
+                if chunk in self._chunks:
+                    self._chunks.remove(chunk)
+                    self._drop(chunk)  # a later read tries again
+                raise chunk.error
+            assert chunk.data is not None and chunk.start <= pos
+            stop = min(end, chunk.end)
+            pieces.append(memoryview(chunk.data)[pos - chunk.start:stop - chunk.start])
+            pos = stop
+        assert pos == end, "chunks must cover the read"
+        return b"".join(pieces)
