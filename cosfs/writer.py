@@ -618,7 +618,11 @@ class StagedFile:
                     key, content_type=self.content_type, metadata=self.metadata)
                 record_id = self._record.id if self._record is not None else None
                 self._cache.journal.add_upload(upload_id, key, record_id)
-                self._mp = _Multipart(upload_id, key, dict(self.metadata), self.content_type)
+                mp = _Multipart(upload_id, key, dict(self.metadata), self.content_type)
+                if self._discarded or key != self._key:  # unlinked or renamed meanwhile
+                    self._cache.tasks.spawn(self._abort, mp)
+                    raise OSError(errno.ESTALE, f"{key!r} was renamed or removed")
+                self._mp = mp
             return self._mp
 
     def _forget_multipart(self, mp: _Multipart) -> None:
