@@ -12,6 +12,8 @@ import binascii
 import functools
 import hashlib
 import hmac
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol
 
@@ -210,6 +212,60 @@ class AwsChunkedSource:
         return data
 
 
+class Digests:
+    """MD5 (and, when asked, SHA-256) of a body as it streams past.
+
+    The first ``INLINE_BYTES`` are hashed in the caller's thread; beyond that a helper
+    thread takes over, so that hashing (which releases the GIL) runs on another core
+    while the caller reads the socket and writes the disk: MD5 alone is slower than
+    both on common machines. The queue between them holds a few chunks at most.
+    Owned by one request: ``update`` and ``result``/``close`` from the same thread.
+    """
+
+    INLINE_BYTES = 4 << 20
+    _DONE = None
+
+    def __init__(self, sha256: bool) -> None:
+        self._hashes = [hashlib.md5()] + ([hashlib.sha256()] if sha256 else [])
+        self._inline = 0
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+
+    def _hash(self, data: bytes) -> None:
+        for h in self._hashes:
+            h.update(data)
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        while (data := self._queue.get()) is not self._DONE:
+            self._hash(data)
+
+    def update(self, data: bytes) -> None:
+        if self._queue is not None:
+            self._queue.put(data)
+            return
+        self._hash(data)
+        self._inline += len(data)
+        if self._inline >= self.INLINE_BYTES:
+            self._queue = queue.Queue(maxsize=4)
+            self._thread = threading.Thread(target=self._work, name="digest", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the helper thread (idempotent); the digests are then complete."""
+        if self._thread is not None:
+            assert self._queue is not None
+            self._queue.put(self._DONE)
+            self._thread.join()
+            self._thread = None
+
+    def result(self) -> tuple[bytes, str | None]:
+        """(MD5 digest, SHA-256 hex or ``None``)."""
+        self.close()
+        sha = self._hashes[1].hexdigest() if len(self._hashes) > 1 else None
+        return self._hashes[0].digest(), sha
+
+
 def parse_content_md5(value: str | None) -> bytes | None:
     if value is None:
         return None
@@ -241,8 +297,8 @@ class RequestBody:
         self.decoded_length = decoded_length
         self._content_md5 = content_md5
         self._sha_expected = sha256
-        self._sha = hashlib.sha256() if sha256 else None
-        self._md5 = hashlib.md5()
+        self._digests = Digests(sha256=sha256 is not None)
+        self._md5_digest: bytes | None = None
         self.max_size = max_size
         self._cut_at = cut_at
         self._on_bytes = on_bytes
@@ -276,9 +332,7 @@ class RequestBody:
         if self.max_size is not None and self.bytes_read > self.max_size:
             raise CosServerError("EntityTooLarge", f"Your upload exceeds the maximum "
                                  f"allowed size of {self.max_size} bytes")
-        self._md5.update(data)
-        if self._sha is not None:
-            self._sha.update(data)
+        self._digests.update(data)
         self._on_bytes(len(data))
         return data
 
@@ -303,15 +357,16 @@ class RequestBody:
         if self.decoded_length is not None and self.bytes_read != self.decoded_length:
             raise CosServerError("IncompleteBody", f"Got {self.bytes_read} bytes, "
                                  f"announced {self.decoded_length}")
-        if self._content_md5 is not None and self._md5.digest() != self._content_md5:
+        md5, sha256 = self._digests.result()
+        if self._content_md5 is not None and md5 != self._content_md5:
             raise CosServerError("BadDigest", "The Content-MD5 you specified did not match "
                                  "what we received.")
-        if self._sha is not None and self._sha.hexdigest() != self._sha_expected:
+        if sha256 is not None and sha256 != self._sha_expected:
             raise CosServerError("XAmzContentSHA256Mismatch", "The provided "
                                  "'x-amz-content-sha256' header does not match what was "
                                  "computed.")
-        return self._md5.hexdigest()
+        return md5.hex()
 
-    @property
-    def md5_digest(self) -> bytes:
-        return self._md5.digest()
+    def close(self) -> None:
+        """Release what the body holds (its hashing thread) when a request ends early."""
+        self._digests.close()

@@ -97,8 +97,9 @@ class FaultTable:
 
     def snapshot(self) -> dict[str, dict]:
         with self._lock:
-            return {op: {k: v for k, v in asdict(f).items() if v is not None}
-                    for op, f in self._faults.items()}
+            settings = {op: {k: v for k, v in asdict(f).items() if v is not None}
+                        for op, f in self._faults.items()}
+        return {op: fields for op, fields in settings.items() if fields}
 
     def _effective(self, op: str) -> Fault:
         own, default = self._faults.get(op, Fault()), self._faults.get(ALL, Fault())

@@ -224,9 +224,13 @@ class Exchange:
         if self.op in UPLOADS and not self.framed:
             raise CosServerError("MissingContentLength", "You must provide the "
                                  "Content-Length HTTP header.")
-        req = Request(self.method, target, query, self.h.headers, self._body(auth), self.host,
-                      auth.scheme, self.request_id)
-        return OPERATIONS[self.op](self.server.context, req)
+        body = self._body(auth)
+        try:
+            req = Request(self.method, target, query, self.h.headers, body, self.host,
+                          auth.scheme, self.request_id)
+            return OPERATIONS[self.op](self.server.context, req)
+        finally:
+            body.close()
 
     def _view(self, target: Target, query_pairs: list[tuple[str, str]]) -> RequestView:
         paths = [decode_path(self.raw_path)]

@@ -146,8 +146,10 @@ def check_conditions(req: Request, record: ObjectRecord) -> Response | None:
         since = _parse_date(req.header("If-Modified-Since"))
         not_modified = since is not None and not _modified_since(record, since)
     if not_modified:
+        # The length of the full answer, as HTTP allows; the official SDK needs one.
         return Response(304, {"ETag": etag_header(record.etag),
-                              "Last-Modified": http_date(record.mtime)})
+                              "Last-Modified": http_date(record.mtime),
+                              "Content-Length": str(record.size)})
     return None
 
 
