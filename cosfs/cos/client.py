@@ -117,9 +117,12 @@ class CosClient:
                                    config.retry_max_delay)
         self._rng = random.Random()
         self._stats = ClientStats()
-        # Requests are prepared by hand and sent with Session.send, so .netrc credentials
-        # never replace our signature; proxies from the environment still apply.
+        # Environment proxies are resolved once here, not on every request (requests would
+        # scan os.environ three times per call). trust_env=False also keeps .netrc
+        # credentials from ever replacing our signature.
+        self._proxies = requests.utils.get_environ_proxies(self._endpoint.url(""))
         self._session = requests.Session()
+        self._session.trust_env = False
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.pool_size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -456,6 +459,7 @@ class CosClient:
             prepared = self._prepare(call, data, length)
             resp = self._session.send(
                 prepared, stream=True, allow_redirects=False, verify=self.config.verify,
+                proxies=self._proxies,
                 timeout=(self.config.connect_timeout, self.config.read_timeout),
             )
             self._stats.add(call.op, bytes_sent=length)
@@ -519,7 +523,7 @@ class CosClient:
         headers["Authorization"] = sig.authorization(self.config.secret_id)
 
     def _error(self, call: _Call, resp: requests.Response) -> CosError:
-        body = b"" if call.method == "HEAD" else resp.content
+        body = b"" if call.method == "HEAD" else _error_body(resp)
         parsed = parse_error(body)
         if parsed and parsed.code:
             code, message = parsed.code, parsed.message
@@ -671,6 +675,15 @@ def _http_time(text: str) -> float:
         return parsedate_to_datetime(text).timestamp()
     except (TypeError, ValueError):
         return 0.0
+
+
+def _error_body(resp: requests.Response) -> bytes:
+    """The body of an error answer; empty if the connection broke while reading it:
+    the status line already says what happened, and a 412 cut short is still a 412."""
+    try:
+        return resp.content
+    except _TRANSPORT_ERRORS:
+        return b""
 
 
 def _raise_error_body(call: _Call, resp: requests.Response) -> None:
