@@ -195,3 +195,50 @@ def test_gigabyte_throughput(fresh_server, tmp_path):
           f"server peak RSS {_peak_rss(fresh_server.proc.pid) >> 20} MiB")
     assert received == size
     assert get_rate > 200 and _peak_rss(fresh_server.proc.pid) < 200 << 20
+
+
+def _raw_put(server, sdk, bucket: str, key: str, body: bytes, secret_ok: bool = True):
+    """A PUT over a raw socket with ``Expect: 100-continue``: the body is sent only
+    after "100 Continue". Returns (the socket, the first bytes the server answered)."""
+    host = bucket_host(bucket)
+    headers = {"Host": host, "Content-Length": str(len(body))}
+    auth = sdk.get_auth(Method="PUT", Bucket=bucket, Key=key, Headers=dict(headers))
+    if not secret_ok:
+        auth = auth[:-4] + "0000"
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    lines = {**headers, "Expect": "100-continue", "Authorization": auth}
+    sock.sendall(f"PUT /{key} HTTP/1.1\r\n".encode() +
+                 "".join(f"{k}: {v}\r\n" for k, v in lines.items()).encode() + b"\r\n")
+    return sock, _read_answer(sock)
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One interim or final answer: the head, and the body its Content-Length names."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_expect_100_continue(cos_server, sdk, bucket):
+    sock, first = _raw_put(cos_server, sdk, bucket, "expect", b"body")
+    assert first == b"HTTP/1.1 100 Continue\r\n\r\n"
+    sock.sendall(b"body")
+    assert _read_answer(sock).startswith(b"HTTP/1.1 200 ")
+    sock.close()
+    # Refused before the body: the answer comes at once, then the server closes the
+    # connection rather than wait for a body the client will not send.
+    sock, first = _raw_put(cos_server, sdk, bucket, "expect", b"other", secret_ok=False)
+    assert first.startswith(b"HTTP/1.1 403 ") and b"SignatureDoesNotMatch" in first
+    assert b"\r\nConnection: close\r\n" in first
+    start = time.monotonic()
+    assert sock.recv(65536) == b""
+    assert time.monotonic() - start < 5
+    sock.close()
+    assert sdk.get_object(Bucket=bucket, Key="expect")["Body"].get_raw_stream().read() == \
+        b"body"

@@ -148,6 +148,7 @@ class Exchange:
         self.framed = False
         self.continue_pending = handler.headers.get("Expect", "").lower() == "100-continue"
         self.is_admin = False
+        self.answered = False
 
     # -- the request -------------------------------------------------------------
 
@@ -264,7 +265,7 @@ class Exchange:
             before_first_read=self._send_continue)
 
     def _send_continue(self) -> None:
-        if self.continue_pending:
+        if self.continue_pending and not self.answered:
             self.continue_pending = False
             self.h.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -302,10 +303,14 @@ class Exchange:
         cut = self.decision.drop and not self.body_cut_planned
         if cut and (no_body or response.body_length == 0):
             raise DropConnection()
-        self.continue_pending = False  # a final answer replaces "100 Continue"
+        self.answered = True  # no "100 Continue" after the final answer
         h = self.h
+        if self.continue_pending:  # the client will not send the body: see _settle_body
+            h.close_connection = True
         h.send_response(status)
         headers = {"x-cos-request-id": self.request_id, **response.headers}
+        if h.close_connection:
+            headers["Connection"] = "close"
         if self.scheme == "sigv4":
             headers["x-amz-request-id"] = self.request_id
         if status not in (204, 304) and "Content-Length" not in headers:
@@ -329,7 +334,8 @@ class Exchange:
 
     def _settle_body(self) -> None:
         """Read what the operation left of the body, so the connection stays usable;
-        close it when that is too much or the client still waits for 100 Continue."""
+        close it when that is too much, or when the client, still waiting for
+        100 Continue, will not send the body at all."""
         if self.continue_pending:
             self.h.close_connection = True
             return
