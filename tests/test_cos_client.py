@@ -382,24 +382,28 @@ def test_every_operation_survives_errors_and_drops(fresh_server) -> None:
     client = fault_client(fresh_server)
     fresh_server.set_faults("*", error_rate=0.2, drop_rate=0.1)
     body = rand(3 * PART + 5, seed=7)
-    client.head_bucket()
-    client.put_object("a", body, metadata={"mode": "1"})
-    assert client.get_object("a") == body
-    assert client.get_object("a", PART, 2 * PART) == body[PART:2 * PART + 1]
-    assert client.head_object("a").size == len(body)
-    client.copy_object("a", "b")
-    upload_id = client.create_multipart_upload("mp")
-    parts = [PartInfo(1, client.upload_part("mp", upload_id, 1, body[:PART])),
-             PartInfo(2, client.upload_part_copy("mp", upload_id, 2, "b", PART, len(body) - 1))]
-    assert len(client.list_parts("mp", upload_id)) == 2
-    assert [u.upload_id for u in client.list_multipart_uploads()] == [upload_id]
-    client.complete_multipart_upload("mp", upload_id, parts)
-    assert client.get_object("mp") == body
-    client.abort_multipart_upload("gone", client.create_multipart_upload("gone"))
-    assert client.delete_objects(["a", "b"]) == []
-    client.delete_object("mp")
-    assert client.list_objects().contents == []
-    assert client.stats()["total"]["retries"] > 0
+    for _ in range(2):  # two rounds: ~40 calls, so faults surely hit some of them
+        client.head_bucket()
+        client.put_object("a", body, metadata={"mode": "1"})
+        assert client.get_object("a") == body
+        assert client.get_object("a", PART, 2 * PART) == body[PART:2 * PART + 1]
+        assert client.head_object("a").size == len(body)
+        client.copy_object("a", "b")
+        upload_id = client.create_multipart_upload("mp")
+        parts = [PartInfo(1, client.upload_part("mp", upload_id, 1, body[:PART])),
+                 PartInfo(2, client.upload_part_copy("mp", upload_id, 2, "b", PART,
+                                                     len(body) - 1))]
+        assert len(client.list_parts("mp", upload_id)) == 2
+        # A lost answer to Initiate may leave an orphan upload beside ours.
+        assert upload_id in [u.upload_id for u in client.list_multipart_uploads()]
+        client.complete_multipart_upload("mp", upload_id, parts)
+        assert client.get_object("mp") == body
+        client.abort_multipart_upload("gone", client.create_multipart_upload("gone"))
+        assert client.delete_objects(["a", "b"]) == []
+        client.delete_object("mp")
+        assert client.list_objects().contents == []
+    stats = client.stats()
+    assert stats["total"]["retries"] > 0 and stats["total"]["errors"] == 0
 
 
 def test_append_with_drops_never_appends_twice(fresh_server) -> None:
@@ -453,7 +457,7 @@ def test_stream_resumes_after_drops(fresh_server) -> None:
     body = rand(2 << 20, seed=8)
     client.put_object("s", body)
     fresh_server.set_faults("GetObject", drop_rate=0.5)
-    for _ in range(4):
+    for _ in range(8):
         with client.get_object_stream("s", chunk_size=128 << 10) as (info, chunks):
             assert b"".join(chunks) == body and info.size == len(body)
         assert client.get_object("s", 1000, 700_000) == body[1000:700_001]
@@ -479,9 +483,9 @@ def test_resume_never_mixes_versions(fresh_server) -> None:
 
 
 def test_large_multipart_upload_under_faults(fresh_server) -> None:
-    """100 MB in 8 MB parts from four threads with 20% of requests failing."""
+    """100 MB in 2 MB parts from four threads with 20% of requests failing."""
     client = fault_client(fresh_server)
-    size, part = 100 << 20, 8 << 20
+    size, part = 100 << 20, 2 << 20
     data = rand(size, seed=11)
     fresh_server.set_faults("*", error_rate=0.2)
     upload_id = client.create_multipart_upload("hundred")
@@ -500,6 +504,7 @@ def test_large_multipart_upload_under_faults(fresh_server) -> None:
             digest.update(chunk)
     assert info.size == size and digest.digest() == hashlib.md5(data).digest()
     stats = client.stats()
+    # 50 parts: all of them passing at the first try would be a 1 in 70,000 event.
     assert stats["UploadPart"]["retries"] > 0 and stats["total"]["errors"] == 0
 
 

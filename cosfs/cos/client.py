@@ -278,6 +278,9 @@ class CosClient:
 
     def create_multipart_upload(self, key: str, content_type: str | None = None,
                                 metadata: dict[str, str] | None = None) -> str:
+        """Start an upload; returns its id. If an answer is lost and the retry starts a
+        second upload, the first one is orphaned: callers that care sweep
+        :meth:`list_multipart_uploads` (nothing tells two uploads of a key apart)."""
         call = _Call("InitiateMultipartUpload", "POST", key, {"uploads": None},
                      self._object_headers(content_type, metadata))
         return self._fetch(call, parse_upload_id)
@@ -323,8 +326,14 @@ class CosClient:
         return self._fetch(call, parse_result_etag, recover=recover)
 
     def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        """Abort an upload. NoSuchUpload on a retry means an earlier attempt whose
+        answer was lost did abort it; on the first attempt it is an error."""
+
+        def recover(err: CosError, retries_done: int) -> Any:
+            return None if retries_done and err.code == "NoSuchUpload" else _UNRESOLVED
+
         self._run(_Call("AbortMultipartUpload", "DELETE", key, {"uploadId": upload_id},
-                        ok=(200, 204), not_found="NoSuchUpload"))
+                        ok=(200, 204), not_found="NoSuchUpload"), recover=recover)
 
     def list_parts(self, key: str, upload_id: str) -> list[PartInfo]:
         parts: list[PartInfo] = []
