@@ -242,3 +242,13 @@ def test_expect_100_continue(cos_server, sdk, bucket):
     sock.close()
     assert sdk.get_object(Bucket=bucket, Key="expect")["Body"].get_raw_stream().read() == \
         b"body"
+
+
+def test_bad_content_length_closes_the_connection(cos_server, bucket):
+    sock = socket.create_connection(("127.0.0.1", cos_server.port), timeout=10)
+    sock.sendall(f"PUT /{bucket}/k HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n"
+                 "some body".encode())
+    answer = _read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer
+    assert sock.recv(100) == b""
+    sock.close()

@@ -23,6 +23,9 @@ from .store import Store
 
 @dataclass(frozen=True)
 class Admin:
+    """Answers admin requests from any handler thread; the store, fault table and
+    stats it drives are thread-safe themselves."""
+
     store: Store
     faults: FaultTable
     stats: Stats

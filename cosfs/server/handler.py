@@ -184,6 +184,7 @@ class Exchange:
             return EmptySource()
         self.framed = True
         if not length.strip().isdigit():
+            self.h.close_connection = True  # where this body ends is anybody's guess
             raise CosServerError("InvalidArgument", "Content-Length is not a number")
         return LengthSource(self.h.rfile, int(length))
 
