@@ -273,6 +273,36 @@ def test_multipart_rejections(client: CosClient) -> None:
     client.abort_multipart_upload("bad", upload_id)
 
 
+def test_sigv4_mode_is_verified_by_the_server(cos_server, bucket: str) -> None:
+    """moto does not check signatures; cosfs-server does, for SigV4 as for COS."""
+    s3 = make_client(cos_server, bucket, signature="s3")
+    for key in ("a b+c%d#e?f&g=h", "目录/x", "d/"):
+        s3.put_object(key, b"hello", content_type="text/x", metadata={"mode": "1"})
+        info = s3.head_object(key)
+        assert (info.size, info.content_type, info.metadata) == (5, "text/x", {"mode": "1"})
+        assert s3.get_object(key, 1, 2) == b"el"
+    page = s3.list_objects(delimiter="/")
+    assert ([c.key for c in page.contents], page.common_prefixes) == (
+        ["a b+c%d#e?f&g=h"], ["d/", "目录/"])
+    s3.copy_object("目录/x", "kept")
+    s3.copy_object("d/", "replaced", metadata={"mode": "2"})
+    assert s3.head_object("kept").metadata == {"mode": "1"}
+    assert s3.head_object("replaced").metadata == {"mode": "2"}
+    upload_id = s3.create_multipart_upload("mp")
+    parts = [PartInfo(1, s3.upload_part("mp", upload_id, 1, rand(PART))),
+             PartInfo(2, s3.upload_part_copy("mp", upload_id, 2, "kept", 0, 4))]
+    assert [p.part_number for p in s3.list_parts("mp", upload_id)] == [1, 2]
+    assert s3.complete_multipart_upload("mp", upload_id, parts).endswith("-2")
+    assert s3.get_object("mp") == rand(PART) + b"hello"
+    assert s3.delete_objects(["kept", "replaced", "mp"]) == []
+    cos_server.reset_stats()
+    wrong = make_client(cos_server, bucket, signature="s3", secret_key="bad", max_retries=4)
+    with pytest.raises(CosError) as e:
+        wrong.get_object("d/")
+    assert (e.value.status, e.value.code) == (403, "SignatureDoesNotMatch")
+    assert cos_server.count("GetObject") == 1
+
+
 # -- credentials and secrets --------------------------------------------------------------
 
 
