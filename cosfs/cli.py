@@ -19,6 +19,9 @@ LEVELS = {"crit": logging.CRITICAL, "critical": logging.CRITICAL, "err": logging
           "info": logging.INFO, "debug": logging.DEBUG}
 
 HELP = f"""usage: cosfs BUCKET-APPID[:/PREFIX] MOUNTPOINT [-f] [-d] [-o OPTION[,OPTION...]]
+       cosfs status [MOUNTPOINT] [--json] [--watch]   uploads, cache, requests of mounts
+       cosfs unmount MOUNTPOINT [--no-wait]          unmount once uploads are done
+       cosfs install-helper [--dir DIR] [--remove]   let mount(8) and fstab mount fuse.cosfs
 
 Mount a Tencent Cloud COS bucket (or an S3-compatible bucket with -o sigv4).
 Credentials: -o passwd_file=FILE, or COS_SECRET_ID / COS_SECRET_KEY
@@ -57,6 +60,24 @@ def setup_logging(level_name: str, foreground: bool, logfile: Path | None) -> No
     logging.getLogger("urllib3").setLevel(max(level, logging.WARNING))
 
 
+SUBCOMMANDS = ("status", "unmount", "install-helper")
+
+
+def run_subcommand(name: str, argv: list[str]) -> int:
+    """``cosfs status|unmount|install-helper ...`` (argparse exits 2 on bad usage)."""
+    if name == "status":
+        from cosfs import status
+
+        return status.main(argv)
+    if name == "unmount":
+        from cosfs import unmount
+
+        return unmount.main(argv)
+    from cosfs import fstab
+
+    return fstab.install_main(argv)
+
+
 def fail(message: str, status: int = 1) -> int:
     print(f"cosfs: {message}", file=sys.stderr)
     return status
@@ -70,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "--version":
         print(f"cosfs {__version__}")
         return 0
+    if argv[0] in SUBCOMMANDS:
+        return run_subcommand(argv[0], argv[1:])
     try:
         args = options.parse_args(argv)
         setup_logging(str(args.dbglevel), args.foreground, args.logfile)  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from cosfs import meta, names, tuning
+from cosfs import control, meta, names, tuning
 from cosfs.aio import AsyncClient
 from cosfs.cos import CosClient, CosConfig, CosError
 from cosfs.credentials import CredentialError, find_credentials
@@ -61,9 +61,35 @@ class DataPath:
         self.tuning = t
         self.budget = ReadBudget(t.read_budget)
         self.cache = WriteCache(cache_dir, aclient, t)
+        # Read-ahead hit/miss counters for `cosfs status`: readers count per handle,
+        # so keep the readers and fold closed ones into the totals now and then.
+        self._readers: list[ObjectReader] = []
+        self._retired = [0, 0]
+        self._prune_at = 64
 
     def open_reader(self, key: str, size: int, etag: str) -> ObjectReader:
-        return ObjectReader(self.aclient, key, size, etag, self.budget, self.tuning)
+        reader = ObjectReader(self.aclient, key, size, etag, self.budget, self.tuning)
+        self._readers.append(reader)
+        if len(self._readers) >= self._prune_at:
+            self._prune_readers()
+            self._prune_at = max(64, 2 * len(self._readers))
+        return reader
+
+    def _prune_readers(self) -> None:
+        live = []
+        for r in self._readers:
+            if r._closed:  # a closed reader's counters never change again
+                self._retired[0] += r.hits
+                self._retired[1] += r.misses
+            else:
+                live.append(r)
+        self._readers = live
+
+    def readahead_counts(self) -> tuple[int, int]:
+        """(hits, misses) of every reader this mount opened."""
+        self._prune_readers()
+        return (self._retired[0] + sum(r.hits for r in self._readers),
+                self._retired[1] + sum(r.misses for r in self._readers))
 
 
 def _is_loopback(host: str) -> bool:
@@ -228,21 +254,28 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
         log.warning("recovery: %s", report)
     ops = Operations(ns, data, read_only=bool(p.args.ro),
                      kernel_ttl=min(1.0, p.meta_tuning.ttl), content_type=guess_content_type)
-    pyfuse3.init(ops, str(p.args.mountpoint), fuse_options(p))
-    clean = False
-    try:
-        ready()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_on_signals, nursery.cancel_scope)
-            await pyfuse3.main(min_tasks=4, max_tasks=64)
-            nursery.cancel_scope.cancel()
-        clean = True
-    finally:
-        with trio.CancelScope(shield=True):
-            await ops.wait_idle()
-            await data.cache.shutdown()
-            log.info("all uploads finished; unmounting")
-        pyfuse3.close(unmount=_still_mounted(p.args.mountpoint))
+    status = control.MountStatus(p, client, data, ops, report)
+    # Resolved before mounting: once mounted, resolving it stats our own root, which
+    # hangs when this loop is the one that would have to answer.
+    real_mountpoint = os.path.realpath(p.args.mountpoint)
+    # The control channel outlives the FUSE session, so `cosfs status` and
+    # `cosfs unmount` can follow the uploads that finish after the unmount.
+    async with control.serving(p.args.mountpoint, {"status": status.snapshot}):
+        pyfuse3.init(ops, str(p.args.mountpoint), fuse_options(p))
+        clean = False
+        try:
+            ready()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_on_signals, nursery.cancel_scope)
+                await pyfuse3.main(min_tasks=4, max_tasks=64)
+                nursery.cancel_scope.cancel()
+            clean = True
+        finally:
+            with trio.CancelScope(shield=True):
+                await ops.wait_idle()
+                await data.cache.shutdown()
+                log.info("all uploads finished; unmounting")
+            pyfuse3.close(unmount=_still_mounted(real_mountpoint))
     if not clean:
         log.warning("mount ended abnormally")
 
@@ -255,8 +288,8 @@ async def _on_signals(scope: trio.CancelScope) -> None:
             return
 
 
-def _still_mounted(path: Path) -> bool:
-    real = os.path.realpath(path)
+def _still_mounted(real: str) -> bool:
+    """``real``: the mount point with symlinks resolved before it was mounted."""
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == real for line in f)
 
