@@ -24,14 +24,14 @@ def test_bytes_payload_and_md5() -> None:
         with p.open() as (data, length):
             assert (read_all(data), length) == (b"hello", 5)
     assert p.in_memory == b"hello"
-    assert p.content_md5() == base64.b64encode(hashlib.md5(b"hello").digest()).decode()
+    assert p.content_md5 == base64.b64encode(hashlib.md5(b"hello").digest()).decode()
 
 
 def test_file_payload_rewinds_to_its_starting_position() -> None:
     f = io.BytesIO(b"skip|body")
     f.seek(5)
     p = Payload(f)
-    assert p.in_memory is None and p.content_md5() is None
+    assert p.in_memory is None and p.content_md5 is None
     for _ in range(3):  # a retry after a partial send starts over at the same place
         with p.open() as (data, length):
             assert length == 4

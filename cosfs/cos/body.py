@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -53,7 +54,9 @@ class Payload:
         """The body when it is plain bytes (then digests are cheap), else None."""
         return self._bytes
 
+    @functools.cached_property
     def content_md5(self) -> str | None:
+        """Base64 MD5 of an in-memory body (computed once, sent on every attempt)."""
         if self._bytes is None:
             return None
         return base64.b64encode(hashlib.md5(self._bytes).digest()).decode()

@@ -431,18 +431,17 @@ class CosClient:
 
     # -- the request engine -----------------------------------------------------------------
 
-    def _run(self, call: _Call, *, stream: bool = False,
-             recover: Callable[[CosError, int], Any] | None = None) -> Any:
+    def _run(self, call: _Call, *, recover: Callable[[CosError, int], Any] | None = None) -> Any:
         """Send ``call`` until it succeeds, fails for good, or retries run out.
 
-        Returns the response (its body read unless ``stream``), or what ``recover``
+        Returns the response (its body read), or what ``recover``
         returned: it is asked after every failure whether the operation in fact
         succeeded (for non-idempotent operations)."""
         self._stats.add(call.op, calls=1)
         retries = 0
         while True:
             try:
-                return self._attempt(call, stream)
+                return self._attempt(call, stream=False)
             except CosError as err:
                 if recover is not None:
                     outcome = recover(err, retries)
@@ -500,7 +499,7 @@ class CosClient:
         headers = {"Host": self._endpoint.host, **call.headers}
         if call.payload is not None:
             headers["Content-Length"] = str(length)
-            md5 = call.payload.content_md5()
+            md5 = call.payload.content_md5
             if md5:
                 headers["Content-MD5"] = md5
         if self.config.token:
