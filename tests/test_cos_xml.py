@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from cosfs.cos.client import continuation_marker
 from cosfs.cos.types import PartInfo
 from cosfs.cos.xmlcodec import (
     S3_XMLNS,
@@ -202,3 +203,15 @@ def test_build_complete() -> None:
     assert root.tag == "CompleteMultipartUpload"
     assert [(p.findtext("PartNumber"), p.findtext("ETag")) for p in root.findall("Part")] == [
         ("1", '"aa"'), ("2", '"bb"')]
+
+
+def test_continuation_marker() -> None:
+    assert continuation_marker(parse_list_objects(COS_LISTING)) == "dir/a b+z%#?"
+    body = (b"<ListBucketResult><IsTruncated>true</IsTruncated>"
+            b"<Contents><Key>a/1</Key></Contents><Contents><Key>z</Key></Contents>"
+            b"<CommonPrefixes><Prefix>b/</Prefix></CommonPrefixes>"
+            b"<CommonPrefixes><Prefix>\xc3\xa9/</Prefix></CommonPrefixes></ListBucketResult>")
+    # No NextMarker (S3 without a delimiter): continue after the greatest entry, in
+    # UTF-8 byte order, which puts "e-acute/" after "z".
+    assert continuation_marker(parse_list_objects(body)) == "\u00e9/"
+    assert continuation_marker(parse_list_objects(b"<ListBucketResult/>")) == ""

@@ -168,8 +168,7 @@ class CosClient:
             yield page
             if not page.is_truncated:
                 return
-            last = max([c.key for c in page.contents] + page.common_prefixes, default="")
-            following = page.next_marker or last
+            following = continuation_marker(page)
             if not following or following == marker:  # would loop forever
                 raise CosError(200, "InvalidListing",
                                f"truncated listing did not advance past {marker!r}",
@@ -658,6 +657,15 @@ class _ObjectStream:
 
 
 # -- small pure helpers ------------------------------------------------------------------
+
+
+def continuation_marker(page: ListPage) -> str:
+    """Where the listing after ``page`` starts: its NextMarker, or (S3 omits it when
+    there is no delimiter) the greatest key or prefix it returned. Code point order
+    of ``str`` is UTF-8 byte order, the order of a listing."""
+    if page.next_marker:
+        return page.next_marker
+    return max([c.key for c in page.contents] + page.common_prefixes, default="")
 
 
 def _part_params(upload_id: str, part_number: int) -> dict[str, str | None]:
