@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 from dataclasses import dataclass, field
 
 import trio
 
 from .background import TaskSet
+from .cos import CosError
+from .errmap import errno_for
 from .tuning import MiB, Tuning
 
 log = logging.getLogger(__name__)
@@ -80,10 +83,11 @@ def object_error(key: str, exc: Exception) -> OSError:
         log.error("%r changed on the server while it was open; failing the read", key)
         return OSError(errno.EIO, f"{key!r} changed on the server")
     log.error("reading %r failed: %s", key, exc)
-    return OSError(errno.EIO, f"reading {key!r} failed")
+    code = errno_for(exc) if isinstance(exc, CosError) else errno.EIO
+    return OSError(code, f"reading {key!r} failed")
 
 
-async def fetch_range(aclient, key: str, start: int, end: int, etag: str) -> bytearray:
+async def fetch_range(aclient, key: str, start: int, end: int, etag: str) -> mmap.mmap:
     """Bytes ``[start, end)`` of ``key`` if its ETag is still ``etag``; else
     OSError(EIO). Never returns a short or mixed answer."""
     try:
@@ -94,10 +98,15 @@ async def fetch_range(aclient, key: str, start: int, end: int, etag: str) -> byt
         raise object_error(key, exc) from exc
 
 
-def _get_range(client, key: str, start: int, end: int, etag: str) -> bytearray:
+def _get_range(client, key: str, start: int, end: int, etag: str) -> mmap.mmap:
     """Stream one ranged GET into a buffer of its exact size (a worker thread), so
-    a chunk costs its size in memory once, not twice as joining pieces would."""
-    buf = bytearray(end - start)
+    a chunk costs its size in memory once, not twice as joining pieces would.
+
+    The buffer is an anonymous mapping, not a bytearray: malloc keeps freed
+    multi-MiB blocks in per-thread arenas for reuse, so with GETs finishing on
+    many worker threads the process would hold several windows' worth of freed
+    memory; a mapping goes back to the system the moment the chunk is dropped."""
+    buf = mmap.mmap(-1, end - start)
     pos = 0
     with client.get_object_stream(key, start, end - 1, if_match=etag) as (_, pieces):
         for piece in pieces:
@@ -120,7 +129,7 @@ class _Chunk:
     budget: int  # bytes taken from the ReadBudget, 0 once given back
     ahead: bool  # started by read-ahead (not by a read that needed it)
     done: trio.Event = field(default_factory=trio.Event)
-    data: bytearray | None = None
+    data: mmap.mmap | None = None
     error: OSError | None = None
     dropped: bool = False
 
@@ -146,7 +155,8 @@ class ObjectReader:
         self._budget = budget
         self._t = tuning or Tuning()
         self._chunks: list[_Chunk] = []
-        self._last_end: int | None = None
+        self._last_end: int | None = None  # where the latest reads ended
+        self._run_start = 0  # where the current sequential run began
         self._window = self._t.readahead_initial
         self._closed = False
         self.hits = 0
@@ -161,12 +171,14 @@ class ObjectReader:
         if offset < 0 or offset >= end:
             return b""
         sequential = self._note_access(offset, end)
-        if all(c.done.is_set() for c in self._overlapping(offset, end)) and self._covers(
-                offset, end):
+        log.debug("read %r %d+%d (%s)", self.key, offset, end - offset,
+                  "sequential" if sequential else "random")
+        ready = all(c.done.is_set() for c in self._overlapping(offset, end))
+        if ready and self._covers(offset, end):
             self.hits += 1
         else:
             self.misses += 1
-        self._fetch_gaps(offset, end)
+        self._fetch_gaps(offset, end, sequential)
         if sequential:
             self._read_ahead(end)
         return await self._collect(offset, end)
@@ -193,9 +205,13 @@ class ObjectReader:
             self._last_end = max(last, end)
             # Bytes well behind the reader will not be asked for again.
             self._forget(lambda c: c.end <= offset - slack)
-            self._window = min(self._window * 2, self._window_cap())
+            # Read ahead twice what the run has read so far (as the kernel does):
+            # a reader that stops early wastes little, a long run soon reaches the cap.
+            run = self._last_end - self._run_start
+            self._window = min(max(self._t.readahead_initial, 2 * run), self._window_cap())
         else:
             self._last_end = end
+            self._run_start = offset
             self._window = self._t.readahead_initial
             self._forget(lambda c: c.end <= offset or c.start >= end)
         return sequential
@@ -229,15 +245,22 @@ class ObjectReader:
         """Where the first chunk at or after ``pos`` begins (the size if none)."""
         return min((c.start for c in self._chunks if c.start >= pos), default=self.size)
 
-    def _fetch_gaps(self, start: int, end: int) -> None:
-        """Start GETs for the parts of ``[start, end)`` no chunk covers; each is at
-        least ``read_min_fetch`` long (or the whole object when that is small)."""
+    def _fetch_gaps(self, start: int, end: int, sequential: bool) -> None:
+        """Start GETs for the parts of ``[start, end)`` no chunk covers. Each is at
+        least ``read_min_fetch`` long (the whole object when that is small); in a
+        sequential run, a piece of the window when the budget allows."""
         small_object = self.size <= self._t.readahead_initial
         for gap_start, gap_end in self._gaps(start, end):
-            want = self.size if small_object else gap_start + self._t.read_min_fetch
-            stop = min(max(gap_end, want), self._next_start(gap_end), self.size)
-            self._budget.take(stop - gap_start)
-            self._start(_Chunk(gap_start, stop, stop - gap_start, ahead=False))
+            limit = min(self._next_start(gap_end), self.size)
+            stop = limit if small_object else min(
+                max(gap_end, gap_start + self._t.read_min_fetch), limit)
+            if sequential:
+                longer = min(gap_start + min(self._t.read_chunk, self._window), limit)
+                if longer > stop and self._budget.try_take(longer - gap_start):
+                    self._start(_Chunk(gap_start, longer, longer - gap_start, ahead=True))
+                    continue
+            self._budget.take(stop - gap_start)  # needed now: taken even over budget
+            self._start(_Chunk(gap_start, stop, stop - gap_start, ahead=sequential))
 
     def _read_ahead(self, pos: int) -> None:
         """Keep ``_window`` bytes past ``pos`` fetched or in flight."""
@@ -265,6 +288,8 @@ class ObjectReader:
         while i < len(self._chunks) and self._chunks[i].start < chunk.start:
             i += 1
         self._chunks.insert(i, chunk)
+        log.debug("GET %r %d+%d (%s)", self.key, chunk.start, chunk.end - chunk.start,
+                  "read-ahead" if chunk.ahead else "needed")
         _fetches.spawn(self._fetch, chunk)
 
     async def _fetch(self, chunk: _Chunk) -> None:

@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 _MAX_COPY = 5 << 30
 # Base-object ranges fetched at once into one staging file.
 _FILL_CONCURRENCY = 4
+# An extent log longer than this many records (and four times the ranges it
+# describes) is rewritten in its shortest form, so a file written for days
+# without a flush keeps a small log.
+_LOG_COMPACT_AT = 1 << 16
 
 
 def _eio(what: str, exc: BaseException) -> OSError:
@@ -228,8 +232,15 @@ class StagedFile:
             for dm in self._maps():
                 dm.write(offset, n)
             self._account()
+            self._compact_log()
             self._queue_finished_parts(end)
         return n
+
+    def _compact_log(self) -> None:
+        records = self._log.records
+        if records > max(_LOG_COMPACT_AT, 4 * len(self._map.dirty)) and \
+                self._record is not None:
+            self._log.rewrite(self._map.size, self._map.dirty)
 
     def _write_sync(self, offset: int, data: bytes) -> None:
         view, pos = memoryview(data), offset
@@ -922,6 +933,12 @@ class WriteCache:
         dm = ExtentLog.replay(self.staging_dir / f"{rec.name}.log", rec.base_size)
         if rec.base_key is not None and not dm.changed:
             self._remove_staging(rec)
+            return
+        if not (self.staging_dir / rec.name).exists():
+            log.error("the staged copy of %r is gone from the cache; cannot recover it",
+                      rec.key)
+            self._remove_staging(rec)
+            report.failed.append(rec.key)
             return
         base = await self._current_base(rec)
         if base is False:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import REGION, SECRET_ID, SECRET_KEY, _env, make_client
-from datapath_util import KiB, small_tuning
+from datapath_util import KiB, small_tuning, with_cache
 
 from cosfs.aio import AsyncClient
 from cosfs.journal import ExtentLog, Journal, StagedRecord
@@ -248,3 +248,44 @@ def test_cache_directory_is_exclusive(cos_server, bucket, tmp_path) -> None:
 
     trio.run(main)
 
+
+
+def test_long_lived_file_keeps_a_short_log_and_survives_shutdown(cos_server, bucket,
+                                                                 tmp_path, monkeypatch):
+    from cosfs import writer
+
+    monkeypatch.setattr(writer, "_LOG_COMPACT_AT", 50)
+    client = make_client(cos_server, bucket)
+    rng = random.Random(4)
+    model = bytearray(64 * KiB)
+
+    async def write_without_flush(cache: WriteCache) -> int:
+        f = await cache.open(1, "db.bin", None)
+        await f.write(0, bytes(model))
+        for _ in range(1000):
+            off = rng.randrange(len(model) - 100)
+            data = rng.randbytes(rng.randrange(1, 100))
+            model[off:off + len(data)] = data
+            await f.write(off, data)
+        return (tmp_path / "c" / "staging" / f"{f.name}.log").stat().st_size
+
+    log_size = with_cache(cos_server, bucket, tmp_path / "c", write_without_flush)
+    assert log_size < 200 * 21  # compacted, not 1001 records
+    assert client.list_objects().contents == []  # shut down without a flush...
+    report, _ = _recover(cos_server, bucket, tmp_path / "c")
+    assert report.uploaded == ["db.bin"]  # ...and uploaded at the next start
+    assert client.get_object("db.bin") == model
+
+
+def test_recover_can_abort_stale_uploads_under_the_prefix(cos_server, bucket, tmp_path):
+    client = make_client(cos_server, bucket)
+    ours = client.create_multipart_upload("mnt/stale.bin")
+    client.create_multipart_upload("elsewhere/keep.bin")
+    t = small_tuning(abort_stale_uploads=True, stale_upload_age=0, upload_prefix="mnt/")
+
+    async def nothing(cache: WriteCache) -> None:
+        pass
+
+    with_cache(cos_server, bucket, tmp_path / "c", nothing, t)
+    left = {u.key: u.upload_id for u in client.list_multipart_uploads()}
+    assert left.keys() == {"elsewhere/keep.bin"} and ours not in left.values()

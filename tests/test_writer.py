@@ -15,6 +15,13 @@ from datapath_util import KiB, MiB, md5, op_stat, small_tuning, with_cache
 from cosfs.writer import WriteCache
 
 
+def pattern(size: int, seed: int = 0) -> bytes:
+    """``size`` random-looking bytes; a repeated block (of an odd length, so parts
+    differ) keeps 1 GiB cheap to make."""
+    block = random.Random(seed).randbytes(min(size, MiB + 13))
+    return (block * (size // len(block) + 1))[:size]
+
+
 async def write_in_chunks(f, data: bytes, offset: int = 0, seed: int = 0,
                           max_chunk: int = 128 * KiB) -> None:
     rng = random.Random(seed)
@@ -66,9 +73,7 @@ def test_sequential_write_uploads_parts_in_background(cos_server, bucket, client
                                                        size) -> None:
     t = small_tuning() if size < 100 * MiB else small_tuning(part_size=8 * MiB,
                                                               multipart_threshold=8 * MiB)
-    rng = random.Random(size)
-    block = rng.randbytes(MiB + 13)  # a repeating pattern keeps 1 GiB cheap to make
-    data = (block * (size // len(block) + 1))[:size]
+    data = pattern(size)
 
     async def body(cache: WriteCache):
         f = await cache.open(1, "seq.bin", None)
@@ -363,10 +368,10 @@ def _faulty_round_trip(server, tmp_path, size: int, t) -> None:
     bucket = server.bucket
     client = make_client(server, bucket)
     rng = random.Random(size)
-    edited = bytearray(rng.randbytes(size))
+    edited = bytearray(pattern(size, seed=1))
     client.put_object("edit.bin", bytes(edited))
     base = client.head_object("edit.bin")
-    fresh = rng.randbytes(size)
+    fresh = pattern(size, seed=2)
     small = rng.randbytes(50 * KiB)
     server.set_faults("*", error_rate=0.1)
 

@@ -1,0 +1,257 @@
+"""The data path through a real FUSE mount of the local server: what reads and writes
+cost in requests, byte-for-byte integrity with real syscalls, crash recovery of a
+killed mount, faults, and the memory bound."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import sqlite3
+import threading
+import time
+
+import pytest
+from conftest import make_client
+from datapath_util import KiB, MiB, md5, op_stat
+
+
+def test_first_4k_of_large_object_costs_one_small_get(mounter, cos_server, client) -> None:
+    data = random.randbytes(32 * MiB)
+    client.put_object("large.bin", data)
+    m = mounter()
+    path = m.path / "large.bin"
+    assert path.stat().st_size == len(data)
+    cos_server.reset_stats()
+    fd = os.open(path, os.O_RDONLY)  # unbuffered: Python would read st_blksize bytes
+    try:
+        assert os.read(fd, 4096) == data[:4096]
+    finally:
+        os.close(fd)
+    stats = cos_server.stats()["GetObject"]
+    assert stats["count"] == 1
+    assert stats["bytes_out"] <= 256 * KiB
+    # A buffered read of the first MiB reads ahead in proportion, not 64 MiB.
+    cos_server.reset_stats()
+    with open(path, "rb") as f:
+        assert f.read(4096) == data[:4096]
+    assert op_stat(cos_server, "GetObject", "bytes_out") <= 4 * MiB
+
+
+def test_large_sequential_write_uploads_parts_concurrently(mounter, cos_server,
+                                                           client) -> None:
+    m = mounter(["multipart_size=1"])
+    data = random.randbytes(24 * MiB + 5)
+    cos_server.reset_stats()
+    with open(m.path / "seq.bin", "wb") as f:
+        for pos in range(0, len(data), MiB):
+            f.write(data[pos:pos + MiB])
+    stats = cos_server.stats()
+    assert stats["UploadPart"]["count"] == 25
+    assert stats["UploadPart"]["max_concurrent"] > 1
+    assert stats["CompleteMultipartUpload"]["count"] == 1
+    assert md5(client.get_object("seq.bin")) == md5(data)
+
+
+def test_append_to_appendable_object_is_one_append(mounter, cos_server, client) -> None:
+    client.append_object("app.log", 0, b"line 1\n")
+    m = mounter()
+    with open(m.path / "app.log", "ab") as f:
+        cos_server.reset_stats()
+        f.write(b"line 2\n")
+        f.write(b"line 3\n")
+    assert op_stat(cos_server, "AppendObject") == 1
+    assert op_stat(cos_server, "PutObject") == 0
+    assert client.get_object("app.log") == b"line 1\nline 2\nline 3\n"
+    assert client.head_object("app.log").appendable
+
+
+def test_one_byte_edit_in_64mb_object_copies_parts(mounter, cos_server, client) -> None:
+    data = bytearray(random.randbytes(64 * MiB))
+    client.put_object("big.bin", bytes(data))
+    m = mounter()  # 8 MiB parts
+    cos_server.reset_stats()
+    with open(m.path / "big.bin", "r+b") as f:
+        f.seek(40 * MiB + 7)
+        f.write(b"#")
+    data[40 * MiB + 7] = ord("#")
+    stats = cos_server.stats()
+    assert stats["UploadPartCopy"]["count"] == 7
+    assert stats["UploadPart"]["count"] == 1
+    assert "PutObject" not in stats
+    assert stats["GetObject"]["bytes_out"] <= 8 * MiB + 256 * KiB
+    assert md5(client.get_object("big.bin")) == md5(bytes(data))
+
+
+@pytest.mark.parametrize("size", [48 * MiB, pytest.param(1 << 30, marks=pytest.mark.slow)],
+                         ids=["48MiB", "1GiB"])
+def test_big_file_round_trip_and_random_reads(mounter, client, tmp_path, size) -> None:
+    src = tmp_path / "src.bin"
+    rng = random.Random(size)
+    with open(src, "wb") as f:
+        block = rng.randbytes(4 * MiB + 3)
+        for pos in range(0, size, len(block)):
+            f.write(block[:size - pos])
+    m = mounter(["multipart_size=4"])
+    with open(src, "rb") as fin, open(m.path / "big.bin", "wb") as fout:
+        while chunk := fin.read(MiB):
+            fout.write(chunk)
+    m.remount()  # nothing from the kernel's page cache
+    reference = src.read_bytes() if size <= 64 * MiB else None
+    h_local, h_mount = _file_md5(src), _file_md5(m.path / "big.bin")
+    assert h_local == h_mount
+    fd = os.open(m.path / "big.bin", os.O_RDONLY)
+    ref = os.open(src, os.O_RDONLY)
+    try:
+        for _ in range(200):
+            off, n = rng.randrange(size), rng.randrange(1, 256 * KiB)
+            assert os.pread(fd, n, off) == os.pread(ref, n, off)
+    finally:
+        os.close(fd)
+        os.close(ref)
+    if reference is not None:
+        assert md5(client.get_object("big.bin")) == md5(reference)
+
+
+def _file_md5(path) -> str:
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def test_sparse_truncate_and_random_writes(mounter, client) -> None:
+    m = mounter()
+    p = m.path / "sparse.bin"
+    with open(p, "wb") as f:
+        f.seek(5 * MiB)
+        f.write(b"end")
+        f.seek(100)
+        f.write(b"start")
+    expected = bytearray(5 * MiB + 3)
+    expected[100:105] = b"start"
+    expected[-3:] = b"end"
+    assert client.get_object("sparse.bin") == expected
+    os.truncate(p, 2 * MiB)
+    os.truncate(p, 3 * MiB)
+    expected = expected[:2 * MiB] + bytes(MiB)
+    rng = random.Random(3)
+    with open(p, "r+b") as f:
+        for _ in range(50):
+            off, data = rng.randrange(4 * MiB), rng.randbytes(rng.randrange(1, 9000))
+            f.seek(off)
+            f.write(data)
+            if off > len(expected):
+                expected += bytes(off - len(expected))
+            expected[off:off + len(data)] = data
+    assert p.read_bytes() == expected
+    assert client.get_object("sparse.bin") == expected
+
+
+def test_sqlite_database_and_mmap_work(mounter, client) -> None:
+    m = mounter()
+    db = sqlite3.connect(m.path / "test.db")
+    db.execute("PRAGMA journal_mode=DELETE")
+    db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    with db:
+        db.executemany("INSERT INTO t VALUES (?, ?)", ((i, f"value {i}" * 20)
+                                                       for i in range(3000)))
+    with db:
+        db.execute("UPDATE t SET v = 'changed' WHERE k % 7 = 0")
+    db.close()
+    p = m.path / "mapped.bin"
+    p.write_bytes(bytes(64 * KiB))
+    with open(p, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+        mm[1000:1005] = b"mmap!"
+        mm.flush()
+    m.remount()
+    db = sqlite3.connect(m.path / "test.db")
+    assert db.execute("SELECT count(*), sum(v = 'changed') FROM t").fetchone() == (3000, 429)
+    assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+    assert client.get_object("mapped.bin")[1000:1005] == b"mmap!"
+
+
+def test_killed_mount_uploads_accepted_writes_on_remount(mounter, cos_server, client) -> None:
+    m = mounter(["multipart_size=1"])
+    data = random.randbytes(5 * MiB + 11)
+    fd = os.open(m.path / "unflushed.bin", os.O_WRONLY | os.O_CREAT, 0o644)
+    for pos in range(0, len(data), 128 * KiB):
+        assert os.write(fd, data[pos:pos + 128 * KiB]) == len(data[pos:pos + 128 * KiB])
+    m.kill()  # SIGKILL: no flush, no unmount
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    assert "unflushed.bin" not in [o.key for o in client.list_objects().contents]
+    m.start()  # the same cache directory: recovery runs before serving
+    assert md5(client.get_object("unflushed.bin")) == md5(data)
+    assert (m.path / "unflushed.bin").read_bytes() == data
+    assert client.list_multipart_uploads() == []
+
+
+def test_faults_through_the_mount_keep_data_identical(mounter, fresh_server) -> None:
+    client = make_client(fresh_server, fresh_server.bucket)
+    data = random.randbytes(10 * MiB + 3)
+    m = mounter(["multipart_size=1", "retries=10"], server=fresh_server,
+                bucket_name=fresh_server.bucket)
+    fresh_server.set_faults("*", error_rate=0.1)
+    (m.path / "f.bin").write_bytes(data)
+    m.remount()
+    assert md5((m.path / "f.bin").read_bytes()) == md5(data)
+    injected = sum(op.get("injected", 0) for op in fresh_server.stats().values())
+    fresh_server.clear_faults()
+    assert injected > 0
+    assert md5(client.get_object("f.bin")) == md5(data)
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.slow
+def test_memory_stays_bounded_reading_2gb_and_writing_another(mounter, client,
+                                                              tmp_path) -> None:
+    size = 2 << 30
+    block = random.randbytes(8 * MiB + 1)
+    src = tmp_path / "pattern.bin"
+    with open(src, "wb") as f:
+        for pos in range(0, size, len(block)):
+            f.write(block[:size - pos])
+    with open(src, "rb") as f:
+        client.put_object("read.bin", f)
+    m = mounter()
+    assert m.proc is not None
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _rss_bytes(m.proc.pid))
+            time.sleep(0.1)
+
+    def read_it() -> None:
+        with open(m.path / "read.bin", "rb") as f:
+            while f.read(MiB):
+                pass
+
+    watcher = threading.Thread(target=watch)
+    reader = threading.Thread(target=read_it)
+    watcher.start()
+    reader.start()
+    with open(src, "rb") as fin, open(m.path / "written.bin", "wb") as fout:
+        while chunk := fin.read(MiB):
+            fout.write(chunk)
+    reader.join()
+    stop.set()
+    watcher.join()
+    assert peak < 300 * 10**6, f"mount RSS peaked at {peak / 2**20:.0f} MiB"
+    assert client.head_object("written.bin").size == size
