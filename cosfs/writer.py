@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import logging
 import os
 import re
@@ -43,7 +44,6 @@ from typing import Any
 import trio
 
 from .background import TaskSet, open_nursery_unwrapped
-from .cos.body import FileSlice
 from .cos.errors import CosError
 from .cos.types import ObjectInfo, PartInfo
 from .journal import ExtentLog, Journal, StagedRecord
@@ -67,6 +67,44 @@ _LOG_COMPACT_AT = 1 << 16
 def _eio(what: str, exc: BaseException) -> OSError:
     log.error("%s: %s", what, exc)
     return OSError(errno.EIO, what)
+
+
+class _StagingSlice(io.RawIOBase):
+    """Bytes ``[offset, offset + length)`` of a staging file as a request body, read
+    with ``pread`` (several slices of one file go up at once), reading zeros past
+    the file's end. A truncate racing an upload can cut the file under it, and the
+    body must still have the length announced; those bytes are dirty again after
+    the truncate, so the next upload replaces them."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        super().__init__()
+        self._fd, self._offset, self._length, self._pos = fd, offset, length, 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(len(buffer), self._length - self._pos)
+        if want <= 0:
+            return 0
+        data = os.pread(self._fd, want, self._offset + self._pos) or bytes(want)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 @dataclass
@@ -318,9 +356,10 @@ class StagedFile:
 
     # -- filling from the base object ---------------------------------------------------
     async def _fill(self, start: int, end: int, align: bool = False) -> None:
-        """Make ``[start, end)`` local, fetching what is missing from the base."""
+        """Make ``[start, end)`` local, fetching what is missing from the base.
+        Bytes past the current size (cut by a truncate meanwhile) read as zeros."""
         base = self._base
-        gaps = self._local.missing(start, end)
+        gaps = self._local.missing(start, min(end, self.size))
         if not gaps:
             return
         assert base is not None, "a new file has no bytes to fetch"
@@ -461,9 +500,9 @@ class StagedFile:
         except Exception as exc:
             raise _eio(f"uploading {key!r} failed", exc) from exc
 
-    def _slice(self, start: int, end: int) -> Callable[[], FileSlice]:
+    def _slice(self, start: int, end: int) -> Callable[[], _StagingSlice]:
         """A body factory: a fresh read-only view of the staging file per attempt."""
-        return lambda: FileSlice(self._fd, start, end - start)
+        return lambda: _StagingSlice(self._fd, start, end - start)
 
     async def _put(self, key: str, size: int, progress: UploadProgress) -> ObjectInfo:
         await self._fill(0, size)
@@ -923,7 +962,12 @@ class WriteCache:
 
     async def _abort_stale_uploads(self, report: RecoveryReport) -> None:
         cutoff = time.time() - self.tuning.stale_upload_age
-        for up in await self.client.list_multipart_uploads(prefix=self.tuning.upload_prefix):
+        try:
+            uploads = await self.client.list_multipart_uploads(prefix=self.tuning.upload_prefix)
+        except CosError as exc:
+            log.warning("listing multipart uploads failed: %s", exc)
+            return
+        for up in uploads:
             if up.initiated < cutoff:
                 with contextlib.suppress(CosError):
                     await self.client.abort_multipart_upload(up.key, up.upload_id)

@@ -528,3 +528,25 @@ def test_reopen_reuses_clean_staged_copy(cos_server, bucket, client, tmp_path) -
 
     with_cache(cos_server, bucket, tmp_path / "c", body)
     assert op_stat(cos_server, "GetObject") == 0
+
+
+def test_truncate_during_upload_then_flush_again(fresh_server, tmp_path) -> None:
+    bucket = fresh_server.bucket
+    client = make_client(fresh_server, bucket)
+    data = pattern(2 * MiB, seed=5)
+    fresh_server.set_faults("UploadPart", latency_ms=200)
+
+    async def body(cache: WriteCache):
+        f = await cache.open(1, "cut.bin", None)
+        await f.write(0, data)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(f.flush)
+            await trio.sleep(0.1)  # the parts are going up
+            await f.truncate(300 * KiB)
+        assert f.dirty  # the upload sent the longer file
+        await f.flush()
+        await cache.release(f)
+
+    with_cache(fresh_server, bucket, tmp_path / "c", body)
+    fresh_server.clear_faults()
+    assert client.get_object("cut.bin") == data[:300 * KiB]
