@@ -454,7 +454,9 @@ class StagedFile:
         assert self._writeback is not None
         try:
             while self.dirty:
-                await self._upload()
+                info = await self._upload()
+                if info is not None and self._cache.on_upload is not None:
+                    self._cache.on_upload(self, info)
         except OSError as exc:
             self._error = exc
         except Exception as exc:
@@ -809,6 +811,9 @@ class WriteCache:
         self.tasks = TaskSet("uploads")
         self.progress: list[UploadProgress] = []
         self.used = 0
+        # Told of every upload that finished in the background (write-back mode), whose
+        # ObjectInfo no flush() returned: ``on_upload(staged_file, info)``.
+        self.on_upload: Callable[[StagedFile, ObjectInfo], None] | None = None
         self._open: dict[int, StagedFile] = {}
         self._idle: OrderedDict[int, StagedFile] = OrderedDict()
 

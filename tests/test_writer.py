@@ -434,7 +434,10 @@ def test_writeback_flush_returns_before_upload_and_fsync_is_a_barrier(
     data = random.randbytes(1 * MiB)
     fresh_server.set_faults("*", latency_ms=100)
 
+    told = []
+
     async def body(cache: WriteCache):
+        cache.on_upload = lambda f, info: told.append((f.ino, info.etag))
         f = await cache.open(1, "wb.bin", None)
         await f.write(0, data)
         with trio.fail_after(0.5):
@@ -450,6 +453,8 @@ def test_writeback_flush_returns_before_upload_and_fsync_is_a_barrier(
     with_cache(fresh_server, bucket, tmp_path / "c", body, small_tuning(writeback=True))
     fresh_server.clear_faults()
     assert client.get_object("wb.bin") == b"changed" + data[7:]
+    # The namespace hears of the background upload's result (the last one at least).
+    assert told and told[-1] == (1, client.head_object("wb.bin").etag)
 
 
 def test_status_shows_upload_progress(fresh_server, tmp_path) -> None:
