@@ -555,3 +555,37 @@ def test_truncate_during_upload_then_flush_again(fresh_server, tmp_path) -> None
     with_cache(fresh_server, bucket, tmp_path / "c", body)
     fresh_server.clear_faults()
     assert client.get_object("cut.bin") == data[:300 * KiB]
+
+
+def test_free_space_guard_refuses_writes(cos_server, bucket, tmp_path) -> None:
+    t = small_tuning(min_free_bytes=1 << 62, min_free_ratio=1.0)  # "keep everything free"
+
+    async def body(cache: WriteCache):
+        f = await cache.open(1, "nospace", None)
+        with pytest.raises(OSError) as exc:
+            await f.write(0, b"x" * 4096)
+        assert exc.value.errno == errno.ENOSPC
+        assert f.size == 0
+        f.discard()
+        await cache.release(f)
+
+    with_cache(cos_server, bucket, tmp_path / "c", body, t)
+
+
+def test_staged_read_of_replaced_object_fails_with_eio(cos_server, bucket, client,
+                                                       tmp_path) -> None:
+    client.put_object("v.bin", pattern(2 * MiB, seed=1))
+    base = client.head_object("v.bin")
+
+    async def body(cache: WriteCache):
+        f = await cache.open(1, "v.bin", base)
+        await f.write(0, b"mine")
+        client.put_object("v.bin", pattern(2 * MiB, seed=2))  # someone else's version
+        with pytest.raises(OSError) as exc:
+            await f.read(MiB, 10)  # would need the old object's bytes
+        assert exc.value.errno == errno.EIO
+        assert await f.read(0, 4) == b"mine"  # what is staged still reads
+        f.discard()
+        await cache.release(f)
+
+    with_cache(cos_server, bucket, tmp_path / "c", body)
