@@ -28,42 +28,22 @@ import trio
 
 from cosfs import meta, names
 from cosfs.cos import CosError, ObjectInfo
+from cosfs.errmap import errno_for
 from cosfs.namespace import ROOT_INODE, Inode, Namespace
 
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
-# COS error codes whose errno is not implied by the HTTP status.
-_CODE_ERRNO = {
-    "NoSuchKey": errno.ENOENT,
-    "NoSuchBucket": errno.EIO,
-    "KeyTooLong": errno.ENAMETOOLONG,
-    "EntityTooLarge": errno.EFBIG,
-    "InvalidObjectState": errno.EACCES,  # archived: restore it before reading
-    "AccessDenied": errno.EACCES,
-    "SignatureDoesNotMatch": errno.EACCES,
-    "InvalidAccessKeyId": errno.EACCES,
-    "PreconditionFailed": errno.EIO,
-}
-
-
-def errno_for(exc: CosError) -> int:
-    """The errno an application sees for a COS failure (after retries)."""
-    if exc.code in _CODE_ERRNO:
-        return _CODE_ERRNO[exc.code]
-    if exc.status == 404:
-        return errno.ENOENT
-    if exc.status == 403:
-        return errno.EACCES
-    return errno.EIO
-
-
 def _leaf(exc: BaseException) -> BaseException:
     """The first real error inside (nested) exception groups from trio nurseries."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return exc
+
+
+# Answers applications ask for all the time: not worth a log line.
+_EXPECTED = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA}
 
 
 def fuse_op(fn: F) -> F:
@@ -78,7 +58,7 @@ def fuse_op(fn: F) -> F:
             if isinstance(exc, pyfuse3.FUSEError):
                 raise exc from None
             if isinstance(exc, OSError) and exc.errno:
-                if exc.errno not in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY):
+                if exc.errno not in _EXPECTED:
                     log.info("%s: %s", fn.__name__, exc)
                 raise pyfuse3.FUSEError(exc.errno) from None
             if isinstance(exc, CosError):

@@ -45,6 +45,7 @@ class MountError(Exception):
 @dataclass
 class Prepared:
     args: MountArgs
+    mountpoint: str  # resolved before mounting
     config: CosConfig
     root_key: str
     cache_dir: Path
@@ -147,11 +148,8 @@ def _check_mountpoint(path: Path, nonempty: bool) -> None:
         raise MountError(f"mount point {path} does not exist")
     if not path.is_dir():
         raise MountError(f"mount point {path} is not a directory")
-    real = os.path.realpath(path)
-    with open("/proc/self/mounts") as f:
-        for line in f:
-            if line.split()[1] == real:
-                raise MountError(f"{path} is already a mount point")
+    if _is_mounted(os.path.realpath(path)):
+        raise MountError(f"{path} is already a mount point")
     if not nonempty and any(path.iterdir()):
         raise MountError(f"mount point {path} is not empty (use -o nonempty to mount anyway)")
 
@@ -168,6 +166,18 @@ def describe_bucket_error(exc: CosError, config: CosConfig) -> str:
     if exc.status == 404:
         return f"bucket {config.bucket} does not exist at {endpoint}"
     return f"bucket {config.bucket} at {endpoint} answered {exc.status} {exc.code}"
+
+
+def _check_bucket(client: CosClient) -> None:
+    """HEAD the bucket. A HEAD error has no body, so a 403 is re-asked with a GET
+    whose error body names the cause (wrong key, unknown key id, no permission)."""
+    try:
+        client.head_bucket()
+    except CosError as exc:
+        if exc.status != 403:
+            raise
+        client.list_objects(max_keys=1)
+        raise
 
 
 def default_cache_dir(args: MountArgs, config: CosConfig) -> Path:
@@ -205,7 +215,7 @@ def prepare(args: MountArgs, environ: dict[str, str] | None = None) -> Prepared:
     _check_mountpoint(args.mountpoint, bool(args.nonempty))
     client = CosClient(config)
     try:
-        client.head_bucket()
+        _check_bucket(client)
     except CosError as exc:
         raise MountError(describe_bucket_error(exc, config)) from None
     cache_dir = Path(args.use_cache) if args.use_cache else default_cache_dir(args, config)
@@ -224,7 +234,8 @@ def prepare(args: MountArgs, environ: dict[str, str] | None = None) -> Prepared:
     defaults = meta.Defaults(uid=uid, gid=gid, file_mode=0o666 & ~umask,
                              dir_mode=0o777 & ~umask)
     data_t, meta_t = build_tunings(args)
-    return Prepared(args, config, root_key, cache_dir, data_t, meta_t, defaults)
+    return Prepared(args, os.path.realpath(args.mountpoint), config, root_key, cache_dir,
+                    data_t, meta_t, defaults)
 
 
 def fuse_options(p: Prepared) -> set[str]:
@@ -255,13 +266,10 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
     ops = Operations(ns, data, read_only=bool(p.args.ro),
                      kernel_ttl=min(1.0, p.meta_tuning.ttl), content_type=guess_content_type)
     status = control.MountStatus(p, client, data, ops, report)
-    # Resolved before mounting: once mounted, resolving it stats our own root, which
-    # hangs when this loop is the one that would have to answer.
-    real_mountpoint = os.path.realpath(p.args.mountpoint)
     # The control channel outlives the FUSE session, so `cosfs status` and
     # `cosfs unmount` can follow the uploads that finish after the unmount.
-    async with control.serving(p.args.mountpoint, {"status": status.snapshot}):
-        pyfuse3.init(ops, str(p.args.mountpoint), fuse_options(p))
+    async with control.serving(p.mountpoint, {"status": status.snapshot}):
+        pyfuse3.init(ops, p.mountpoint, fuse_options(p))
         clean = False
         try:
             ready()
@@ -275,7 +283,7 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
                 await ops.wait_idle()
                 await data.cache.shutdown()
                 log.info("all uploads finished; unmounting")
-            pyfuse3.close(unmount=_still_mounted(real_mountpoint))
+            pyfuse3.close(unmount=_is_mounted(p.mountpoint))
     if not clean:
         log.warning("mount ended abnormally")
 
@@ -288,10 +296,11 @@ async def _on_signals(scope: trio.CancelScope) -> None:
             return
 
 
-def _still_mounted(real: str) -> bool:
-    """``real``: the mount point with symlinks resolved before it was mounted."""
+def _is_mounted(real_path: str) -> bool:
+    """Whether ``real_path`` is a mount point. It must be resolved already: resolving
+    a path in our own mount once this process stopped serving it would hang."""
     with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == real for line in f)
+        return any(line.split()[1] == real_path for line in f)
 
 
 __all__ = ["MountError", "Prepared", "UsageError", "prepare", "serve"]
