@@ -47,7 +47,6 @@ def test_first_small_read_costs_one_small_get(cos_server, bucket, client) -> Non
     stats = cos_server.stats()
     assert stats["GetObject"]["count"] == 1
     assert stats["GetObject"]["bytes_out"] <= 256 * KiB
-    assert set(stats) == {"GetObject"}
 
 
 @pytest.mark.parametrize("size", [40 * MiB + 5, pytest.param(1 << 30, marks=pytest.mark.slow)],
