@@ -214,14 +214,19 @@ def _raw_put(server, sdk, bucket: str, key: str, body: bytes, secret_ok: bool = 
 
 def _read_answer(sock: socket.socket) -> bytes:
     """One interim or final answer: the head, and the body its Content-Length names."""
+    def more() -> bytes:
+        data = sock.recv(65536)
+        assert data, "the server closed the connection mid-answer"
+        return data
+
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
+        data += more()
     head, _, body = data.partition(b"\r\n\r\n")
     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
                    if line.lower().startswith(b"content-length:")), 0)
     while len(body) < length:
-        body += sock.recv(65536)
+        body += more()
     return head + b"\r\n\r\n" + body
 
 
@@ -252,3 +257,17 @@ def test_bad_content_length_closes_the_connection(cos_server, bucket):
     assert answer.startswith(b"HTTP/1.1 400 ") and b"Connection: close" in answer
     assert sock.recv(100) == b""
     sock.close()
+
+
+@pytest.mark.parametrize("request_line, status", [(b"GET /a b HTTP/1.1", 400),
+                                                  (b"GET /a HTTP/7.0", 505),
+                                                  (b"BREW /pot HTTP/1.1", 501)])
+def test_parser_errors_have_the_cos_shape(cos_server, request_line, status):
+    sock = socket.create_connection(("127.0.0.1", cos_server.port), timeout=10)
+    sock.sendall(request_line + b"\r\nHost: x\r\n\r\n")
+    answer = _read_answer(sock)
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"x-cos-request-id: " in head and b"Content-Type: application/xml" in head
+    assert body.startswith(b"<?xml version='1.0' encoding='utf-8' ?><Error><Code>")

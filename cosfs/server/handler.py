@@ -71,6 +71,8 @@ KNOWN_METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE"})
 DRAIN_LIMIT = 64 << 20
 MAX_ADMIN_BODY = 1 << 20
 _ids = itertools.count(1)
+_PARSER_ERROR_CODES = {400: "InvalidRequest", 414: "InvalidURI", 431: "InvalidRequest",
+                       501: "NotImplemented", 505: "InvalidRequest"}
 
 
 def new_request_id() -> str:
@@ -123,6 +125,27 @@ class CosRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
         if self.server.config.verbose:
             super().log_message(format, *args)
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """Errors the HTTP parser itself raises (a malformed request line, an unknown
+        method, headers too large) in the COS shape, with a request id like any other
+        answer; the connection closes, as the request may not have been understood."""
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # unparsed yet: nobody speaks 0.9 today
+            self.request_version = self.protocol_version
+        request_id = new_request_id()
+        body = error_document(_PARSER_ERROR_CODES.get(code, "InvalidRequest"),
+                              message or explain or "Bad request",
+                              getattr(self, "path", "") or "/", request_id, request_id)
+        self.send_response(code, message)
+        self.send_header("x-cos-request-id", request_id)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if getattr(self, "command", "") != "HEAD":
+            self.wfile.write(body)
 
     def _serve(self) -> None:
         Exchange(self).run()
