@@ -41,13 +41,17 @@ def test_refuses_to_start_without_a_key_pair(tmp_path):
     assert result.returncode == 2 and "no key pair" in result.stderr
 
 
-def test_anonymous_server_accepts_unsigned_requests(tmp_path):
-    server = ServerProcess(tmp_path / "r", "--anonymous", "--bucket", "anon-1250000000")
+def test_anonymous_server_and_host_suffix(tmp_path):
+    server = ServerProcess(tmp_path / "r", "--anonymous", "--bucket", "anon-1250000000",
+                           "--host-suffix", "cos.local.test")
     server.start()
     try:
         url = f"{server.url}/anon-1250000000/k"
         assert requests.put(url, data=b"hi", timeout=10).status_code == 200
         assert requests.get(url, timeout=10).content == b"hi"
+        by_host = requests.get(f"{server.url}/k", timeout=10,
+                               headers={"Host": f"anon-1250000000.cos.local.test:{server.port}"})
+        assert by_host.content == b"hi"
     finally:
         server.stop()
 
@@ -120,6 +124,7 @@ def test_crash_mid_upload_leaves_the_old_object(fresh_server):
 def test_readers_never_see_a_partial_object(cos_server, sdk, bucket):
     size, versions = 1 << 20, b"abcdefgh"
     sdk.put_object(Bucket=bucket, Key="hot", Body=b"a" * size)
+    cos_server.reset_stats()
     stop, problems = threading.Event(), []
 
     def writer(letters: bytes) -> None:

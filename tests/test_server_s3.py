@@ -54,6 +54,10 @@ def test_put_get_head_list_delete(s3, bucket):
     assert code_of(s3.get_object, Bucket=bucket, Key="top") == (404, "NoSuchKey")
 
 
+def test_list_buckets(s3, bucket):
+    assert bucket in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
 def test_list_v2_paging(s3, bucket):
     keys = [f"k{i:02d}+é" for i in range(12)]
     for key in keys:

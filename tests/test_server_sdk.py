@@ -475,6 +475,13 @@ def test_presigned_urls(cos_server, bucket, sdk):
     assert requests.get(path_style, timeout=10).content == b"shared"
 
 
+def test_unimplemented_subresources_are_501(cos_server, sdk, bucket):
+    for params in ({"acl": ""}, {"tagging": ""}, {"versioning": ""}):
+        answer = cos_request(cos_server, sdk, "GET", bucket, params=params)
+        assert answer.status_code == 501
+        assert ET.fromstring(answer.content).find("Code").text == "NotImplemented"
+
+
 def test_unsigned_request_is_refused(cos_server, sdk, bucket):
     answer = cos_request(cos_server, sdk, "GET", bucket, sign=False)
     assert answer.status_code == 403
