@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -215,3 +216,24 @@ def test_payload_hash_is_checked(cos_server, s3, bucket):
     assert code_of(s3.head_object, Bucket=bucket, Key="hashed")[0] == 404
     assert requests.put(request.url, headers=headers, data=b"signed body",
                         timeout=10).status_code == 200
+
+
+def test_clock_skew_and_expired_presigned_url(s3, bucket, monkeypatch):
+    import datetime
+
+    import botocore.auth
+
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "k"},
+                                    ExpiresIn=1)
+    time.sleep(2.1)
+    answer = requests.get(url, timeout=10)
+    error = ET.fromstring(answer.content)
+    assert (answer.status_code, error.find("Code").text, error.find("Message").text) == \
+        (403, "AccessDenied", "Request has expired")
+
+    real = botocore.auth.get_current_datetime
+    monkeypatch.setattr(botocore.auth, "get_current_datetime",
+                        lambda: real() - datetime.timedelta(minutes=20))
+    assert code_of(s3.head_bucket, Bucket=bucket)[0] == 403
+    assert code_of(s3.list_objects, Bucket=bucket) == (403, "RequestTimeTooSkewed")

@@ -333,11 +333,11 @@ class Store:
         Refuses normal objects (ObjectNotAppendable) and a position other than the
         current length (AppendPositionErr)."""
         with self._append_locks.hold((bucket, key)):
-            with self._lock:
+            with self._lock:  # the blob is opened before an overwrite can unlink it
                 self.require_bucket(bucket)
                 current = self._find(bucket, key)
-            _check_append(current, key, position)
-            session = AppendSession(self, bucket, key, position, current, attrs)
+                _check_append(current, key, position)
+                session = AppendSession(self, bucket, key, position, current, attrs)
             try:
                 yield session
             finally:
