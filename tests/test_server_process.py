@@ -276,3 +276,29 @@ def test_parser_errors_have_the_cos_shape(cos_server, request_line, status):
     assert head.startswith(f"HTTP/1.1 {status} ".encode())
     assert b"x-cos-request-id: " in head and b"Content-Type: application/xml" in head
     assert body.startswith(b"<?xml version='1.0' encoding='utf-8' ?><Error><Code>")
+
+
+def test_racing_appends_at_one_position(sdk, bucket):
+    from qcloud_cos.cos_exception import CosServiceError
+
+    results, barrier = [], threading.Barrier(6)
+
+    def append(n: int) -> None:
+        barrier.wait()
+        try:
+            sdk.append_object(Bucket=bucket, Key="race", Position=0,
+                              Data=bytes([65 + n]) * 300_000)
+            results.append(("ok", n))
+        except CosServiceError as exc:
+            results.append((exc.get_error_code(), n))
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [n for outcome, n in results if outcome == "ok"]
+    assert len(winners) == 1
+    assert sorted(outcome for outcome, _ in results) == ["AppendPositionErr"] * 5 + ["ok"]
+    data = sdk.get_object(Bucket=bucket, Key="race")["Body"].get_raw_stream().read()
+    assert data == bytes([65 + winners[0]]) * 300_000
