@@ -253,5 +253,6 @@ def test_memory_stays_bounded_reading_2gb_and_writing_another(mounter, client,
     reader.join()
     stop.set()
     watcher.join()
+    print(f"mount RSS peak {peak / 2**20:.0f} MiB")  # shown with -s
     assert peak < 300 * 10**6, f"mount RSS peaked at {peak / 2**20:.0f} MiB"
     assert client.head_object("written.bin").size == size
