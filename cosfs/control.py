@@ -125,16 +125,28 @@ async def serving(mountpoint: str | os.PathLike[str],
         log.warning("no control channel (cosfs status will not see this mount): %s", exc)
         yield None
         return
+    # A system task, not a nursery around the body: the mount's own exceptions then
+    # reach its caller as themselves, not wrapped in an ExceptionGroup.
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run() -> None:
+        try:
+            with scope:
+                await _accept_loop(listener, handlers)
+        except Exception:  # noqa: BLE001 - an escape would crash the whole trio run
+            log.exception("control channel failed; cosfs status will not see this mount")
+        finally:
+            stopped.set()
+
+    trio.lowlevel.spawn_system_task(run, name="cosfs-control")
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_accept_loop, listener, handlers)
-            try:
-                yield path
-            finally:
-                nursery.cancel_scope.cancel()
+        yield path
     finally:
-        with contextlib.suppress(OSError):
-            listener.close()
+        scope.cancel()
+        with trio.CancelScope(shield=True):
+            await stopped.wait()
+        listener.close()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 

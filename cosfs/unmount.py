@@ -56,6 +56,13 @@ class Progress:
             self.last = time.monotonic()
         self.out.flush()
 
+    def clear(self) -> None:
+        """Erase the last drawing on a terminal (its numbers are stale by now)."""
+        if self.style.ansi and self.drawn:
+            self.out.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.out.flush()
+            self.drawn = 0
+
     @property
     def interval(self) -> float:
         return TTY_INTERVAL if self.style.ansi else 1.0
@@ -183,6 +190,7 @@ def main(argv: list[str]) -> int:
     if reason is not None:
         return fail(f"cannot unmount {entry.mountpoint}: {reason}")
     follow_exit(entry, progress)
+    progress.clear()
     print(f"unmounted {entry.mountpoint}")
     return 0
 
@@ -195,5 +203,6 @@ def _finish_lingering(mountpoint: str, progress: Progress) -> int:
     except control.ControlError:
         return fail(f"{mountpoint} is not a cosfs mount")
     follow_exit(entry, progress)
+    progress.clear()
     print(f"unmounted {entry.mountpoint}")
     return 0
