@@ -44,6 +44,22 @@ def _leaf(exc: BaseException) -> BaseException:
 
 # Answers applications ask for all the time: not worth a log line.
 _EXPECTED = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA}
+# The cache disk refusing data: the administrator must hear of it at the default
+# log level (warn), but an application retrying in a loop must not flood the log.
+_DISK_TROUBLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+_DISK_WARN_EVERY = 30.0  # seconds between two warnings of the same errno
+_disk_warned: dict[int, float] = {}
+
+
+def _log_oserror(op: str, exc: OSError, read_only_mount: bool) -> None:
+    if exc.errno in _DISK_TROUBLE and not read_only_mount:
+        now = time.monotonic()
+        last = _disk_warned.get(exc.errno)
+        if last is None or now - last >= _DISK_WARN_EVERY:
+            _disk_warned[exc.errno] = now
+            log.warning("%s refused, the cache directory takes no more data: %s", op, exc)
+            return
+    log.info("%s: %s", op, exc)
 
 
 def fuse_op(fn: F) -> F:
@@ -59,7 +75,7 @@ def fuse_op(fn: F) -> F:
                 raise exc from None
             if isinstance(exc, OSError) and exc.errno:
                 if exc.errno not in _EXPECTED:
-                    log.info("%s: %s", fn.__name__, exc)
+                    _log_oserror(fn.__name__, exc, self.read_only)
                 raise pyfuse3.FUSEError(exc.errno) from None
             if isinstance(exc, CosError):
                 self.stats["errors"] += 1
@@ -100,6 +116,14 @@ class Operations(pyfuse3.Operations):
         self.staged: dict[int, tuple[Any, int]] = {}
         self._next_fh = 1
         self.stats = {"errors": 0}
+        # Write-back uploads end after flush() returned: record what they produced.
+        data.cache.on_upload = self._uploaded_in_background
+
+    def _uploaded_in_background(self, f: Any, info: ObjectInfo) -> None:
+        node = self.ns.inodes.get(f.ino)
+        if node is not None:
+            self.ns.uploaded(node, info)
+            node.local = f.dirty
 
     # -- helpers -----------------------------------------------------------------
 
@@ -155,12 +179,15 @@ class Operations(pyfuse3.Operations):
                           last_modified=a.mtime_ns / 1e9, appendable=a.appendable,
                           storage_class=a.storage_class)
 
-    async def _stage(self, inode: Inode, truncate: bool = False) -> Any:
+    async def _stage(self, inode: Inode, truncate: bool = False,
+                     append_only: bool = False) -> Any:
         """The inode's StagedFile, opened (or shared) for one more user."""
         current = self.staged.get(inode.ino)
         f = await self.data.cache.open(inode.ino, self.ns.key_of(inode), self._base(inode),
-                                       truncate)
+                                       truncate, append_only=append_only)
         self.staged[inode.ino] = (f, (current[1] if current else 0) + 1)
+        # Uploads that start while the file is still being written carry these.
+        f.metadata, f.content_type = self._upload_args(inode)
         if truncate or not inode.attr.etag:
             inode.local = True
         return f
@@ -231,8 +258,10 @@ class Operations(pyfuse3.Operations):
             new.gid = attr.st_gid
         if fields.update_mtime:
             new.mtime_ns = attr.st_mtime_ns
+            new.mtime_set = True
         if fields.update_size and not fields.update_mtime:
             new.mtime_ns = now
+            new.mtime_set = False
         changed = (new.mode, new.uid, new.gid, new.mtime_ns) != (
             node.attr.mode, node.attr.uid, node.attr.gid, node.attr.mtime_ns)
         new.ctime_ns = now
@@ -249,6 +278,9 @@ class Operations(pyfuse3.Operations):
             if not meta.fits_metadata_limit(new):
                 raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
             node.attr = new
+            staged = self.staged.get(node.ino)
+            if staged is not None:
+                staged[0].metadata, staged[0].content_type = self._upload_args(node)
         else:
             await self.ns.store_attr(node, new)
 
@@ -404,7 +436,11 @@ class Operations(pyfuse3.Operations):
         text = names.decode_name(name)
         await self.ns.ensure_absent(parent_inode, text)
         inode = self.ns.create_local(parent_inode, text, mode, ctx.uid, ctx.gid)
-        await self._stage(inode)
+        try:
+            await self._stage(inode)
+        except BaseException:
+            self._abandon_new(parent_inode, text, inode)
+            raise
         try:
             await self._flush_inode(inode, sync=True)
         finally:
@@ -420,13 +456,23 @@ class Operations(pyfuse3.Operations):
         inode = self.ns.create_local(parent_inode, text, mode, ctx.uid, ctx.gid)
         inode.opens += 1
         try:
-            f = await self._stage(inode)
+            f = await self._stage(inode, append_only=(flags & os.O_ACCMODE) == os.O_WRONLY
+                                  and bool(flags & os.O_APPEND))
         except BaseException:
             inode.opens -= 1
+            self._abandon_new(parent_inode, text, inode)
             raise
         inode.lookups += 1
         fh = self._new_fh(Handle(inode, staged=f))
         return pyfuse3.FileInfo(fh=fh), self.entry(inode)
+
+    def _abandon_new(self, parent_inode: int, name: str, inode: Inode) -> None:
+        """A new file whose staging failed (e.g. ENOSPC from the cache) must not stay
+        listed: nothing holds it locally and nothing is on the server."""
+        if inode.attr.etag or inode.opens > 0 or inode.ino in self.staged:
+            return  # an existing object, or in use by another handle
+        inode.local = False
+        self.ns._detach(parent_inode, name)
 
     @fuse_op
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
@@ -437,8 +483,10 @@ class Operations(pyfuse3.Operations):
         if writing:
             self._writable()
         node.opens += 1
+        append_only = (flags & os.O_ACCMODE) == os.O_WRONLY and bool(flags & os.O_APPEND)
         try:
-            handle = await self._open_handle(node, bool(writing), bool(flags & os.O_TRUNC))
+            handle = await self._open_handle(node, bool(writing), bool(flags & os.O_TRUNC),
+                                             append_only)
         except BaseException:
             node.opens -= 1
             raise
@@ -447,9 +495,10 @@ class Operations(pyfuse3.Operations):
         node.last_open_etag = node.attr.etag
         return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
 
-    async def _open_handle(self, node: Inode, writing: bool, truncate: bool) -> Handle:
+    async def _open_handle(self, node: Inode, writing: bool, truncate: bool,
+                           append_only: bool) -> Handle:
         if writing or node.ino in self.staged:
-            f = await self._stage(node, truncate=truncate)
+            f = await self._stage(node, truncate=truncate, append_only=append_only)
             if truncate:
                 node.attr.size = 0
                 node.attr.mtime_ns = time.time_ns()
@@ -475,6 +524,7 @@ class Operations(pyfuse3.Operations):
         node.local = True
         node.attr.size = h.staged.size
         node.attr.mtime_ns = node.attr.ctime_ns = time.time_ns()
+        node.attr.mtime_set = False
         return written
 
     @fuse_op

@@ -64,6 +64,12 @@ class Attr:
     appendable: bool = False
     storage_class: str = "STANDARD"
     xattrs: dict[str, bytes] = field(default_factory=dict)
+    # True when mtime was set explicitly (utimens, or x-cos-meta-mtime on the object).
+    # Otherwise mtime is "when the data last changed", which the object's
+    # Last-Modified already says: no mtime header is written, so metadata stays the
+    # same while a file is written and a multipart upload started early needs no
+    # metadata fix-up afterwards.
+    mtime_set: bool = False
     # True when the attributes came from a listing only (no HEAD yet): mode, uid,
     # gid and mtime are the defaults and Last-Modified, not the object's metadata.
     partial: bool = False
@@ -120,7 +126,7 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
     meta = info.metadata
     mtime_ns = int(info.last_modified * 1_000_000_000)
     if "mtime" in meta:
-        mtime_ns = parse_mtime(meta["mtime"]) or mtime_ns
+        mtime_ns = parse_mtime(meta["mtime"]) or mtime_ns  # type: ignore[assignment]
     mode = _int_meta(meta, "mode")
     if is_dir:
         perm = stat.S_IMODE(mode) if mode is not None else defaults.dir_mode
@@ -142,6 +148,7 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
         appendable=info.appendable,
         storage_class=info.storage_class,
         xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
+        mtime_set=parse_mtime(meta.get("mtime", "")) is not None,
         partial=info.from_listing,
     )
 
@@ -154,12 +161,9 @@ def implicit_dir_attr(defaults: Defaults, mtime_ns: int = 0) -> Attr:
 
 def metadata_for(attr: Attr) -> dict[str, str]:
     """The user metadata cosfs writes for ``attr`` (COSFS-compatible)."""
-    meta = {
-        "mode": str(attr.mode),
-        "uid": str(attr.uid),
-        "gid": str(attr.gid),
-        "mtime": format_mtime(attr.mtime_ns),
-    }
+    meta = {"mode": str(attr.mode), "uid": str(attr.uid), "gid": str(attr.gid)}
+    if attr.mtime_set:
+        meta["mtime"] = format_mtime(attr.mtime_ns)
     if attr.xattrs:
         meta["xattr"] = encode_xattrs(attr.xattrs)
     return meta

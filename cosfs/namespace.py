@@ -487,6 +487,9 @@ class Namespace:
         inode.attr.etag = info.etag
         inode.attr.size = info.size
         inode.attr.appendable = info.appendable
+        if not inode.attr.mtime_set and info.last_modified:
+            # What a remount will show: the object's Last-Modified.
+            inode.attr.mtime_ns = int(info.last_modified * 1_000_000_000)
         inode.last_open_etag = info.etag
         inode.local = False
         self.object_attrs[info.key] = (info.etag, replace(inode.attr, partial=False))

@@ -66,8 +66,14 @@ def test_xattr_round_trip_and_lenient_decode():
 
 
 def test_metadata_written_matches_cosfs_names():
-    a = meta.Attr(mode=stat.S_IFREG | 0o644, uid=1, gid=2, mtime_ns=5 * 10**9)
+    a = meta.Attr(mode=stat.S_IFREG | 0o644, uid=1, gid=2, mtime_ns=5 * 10**9, mtime_set=True)
     assert meta.metadata_for(a) == {"mode": "33188", "uid": "1", "gid": "2", "mtime": "5"}
+    # An mtime nobody set is the object's Last-Modified: no header for it.
+    a.mtime_set = False
+    assert "mtime" not in meta.metadata_for(a)
+    info_with = info(metadata={"mtime": "7"})
+    assert meta.attr_from_object(info_with, D).mtime_set
+    assert not meta.attr_from_object(info(), D).mtime_set
 
 
 def test_metadata_limit():
