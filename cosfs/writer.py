@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import io
 import logging
 import os
 import re
@@ -44,6 +43,7 @@ from typing import Any
 import trio
 
 from .background import TaskSet, open_nursery_unwrapped
+from .cos.body import FileSlice
 from .cos.errors import CosError
 from .cos.types import ObjectInfo, PartInfo
 from .journal import ExtentLog, Journal, StagedRecord
@@ -67,44 +67,6 @@ _LOG_COMPACT_AT = 1 << 16
 def _eio(what: str, exc: BaseException) -> OSError:
     log.error("%s: %s", what, exc)
     return OSError(errno.EIO, what)
-
-
-class _StagingSlice(io.RawIOBase):
-    """Bytes ``[offset, offset + length)`` of a staging file as a request body, read
-    with ``pread`` (several slices of one file go up at once), reading zeros past
-    the file's end. A truncate racing an upload can cut the file under it, and the
-    body must still have the length announced; those bytes are dirty again after
-    the truncate, so the next upload replaces them."""
-
-    def __init__(self, fd: int, offset: int, length: int) -> None:
-        super().__init__()
-        self._fd, self._offset, self._length, self._pos = fd, offset, length, 0
-
-    def __len__(self) -> int:
-        return self._length
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        want = min(len(buffer), self._length - self._pos)
-        if want <= 0:
-            return 0
-        data = os.pread(self._fd, want, self._offset + self._pos) or bytes(want)
-        buffer[:len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
 
 @dataclass
@@ -502,9 +464,12 @@ class StagedFile:
         except Exception as exc:
             raise _eio(f"uploading {key!r} failed", exc) from exc
 
-    def _slice(self, start: int, end: int) -> Callable[[], _StagingSlice]:
+    def _slice(self, start: int, end: int) -> Callable[[], FileSlice]:
         """A body factory: a fresh read-only view of the staging file per attempt."""
-        return lambda: _StagingSlice(self._fd, start, end - start)
+        # Zero-filled: a truncate racing the upload may cut the file under the body;
+        # those bytes are dirty again after the truncate, so the next upload replaces
+        # them.
+        return lambda: FileSlice(self._fd, start, end - start, zero_fill=True)
 
     async def _put(self, key: str, size: int, progress: UploadProgress) -> ObjectInfo:
         await self._fill(0, size)
@@ -830,7 +795,11 @@ class WriteCache:
                 f = StagedFile(self, ino, key, base, secrets.token_hex(8),
                                append_only=append_only)
                 if base is None:
-                    f._ensure_journaled()  # a new file must appear even if never written
+                    try:
+                        f._ensure_journaled()  # a new file must appear even if never written
+                    except BaseException:
+                        f.close(remove=True)  # e.g. ENOSPC: no stray staging file
+                        raise
             self._open[ino] = f
         f.refs += 1
         if truncate:

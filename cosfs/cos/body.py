@@ -114,16 +114,21 @@ class FileSlice(io.RawIOBase):
     Several slices of one descriptor may be read by different threads at once (a
     multipart upload of a staging file). The descriptor stays owned by the caller
     and must stay open while the slice is in use.
+
+    With ``zero_fill`` the window may reach past the file's end (or the file may be
+    cut while the slice is sent) and those bytes read as zeros, so the body always
+    has the length announced; otherwise such a window is refused up front.
     """
 
-    def __init__(self, fd: int, offset: int, length: int) -> None:
+    def __init__(self, fd: int, offset: int, length: int, *, zero_fill: bool = False) -> None:
         super().__init__()
         if offset < 0 or length < 0:
             raise ValueError("offset and length must be >= 0")
         # A window past the end would promise a Content-Length the body cannot fill.
-        if offset + length > os.fstat(fd).st_size:
+        if not zero_fill and offset + length > os.fstat(fd).st_size:
             raise ValueError(f"slice [{offset}, {offset + length}) ends past the file's end")
         self._fd, self._offset, self._length, self._pos = fd, offset, length, 0
+        self._zero_fill = zero_fill
 
     def readable(self) -> bool:
         return True
@@ -144,6 +149,8 @@ class FileSlice(io.RawIOBase):
         if want <= 0:
             return 0
         data = os.pread(self._fd, want, self._offset + self._pos)
+        if not data and self._zero_fill:
+            data = bytes(want)
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
