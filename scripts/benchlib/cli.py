@@ -26,7 +26,7 @@ from .workloads import WORKLOAD_NAMES, Ctx, Sizes, make_workloads
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "bench-1250000000"  # valid both as COS NAME-APPID and as an S3 bucket name
 DEFAULTS = dict(size_mb=1024, small_files=1000, small_kb=4, ls_files=1000, tree_fanout=9,
-                rsync_files=4000, streams=8, timeout=900.0, repeat=3)
+                rsync_files=1000, streams=8, timeout=900.0, repeat=3)
 QUICK = dict(size_mb=64, small_files=100, small_kb=4, ls_files=100, tree_fanout=4,
              rsync_files=300, streams=8, timeout=300.0, repeat=1)
 
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small-kb", type=int, help="size of each small file in KiB (4)")
     p.add_argument("--ls-files", type=int, help="objects in the ls folder (1000)")
     p.add_argument("--tree-fanout", type=int, help="fanout of the 3-level tree (9)")
-    p.add_argument("--rsync-files", type=int, help="files in the rsync source (4000)")
+    p.add_argument("--rsync-files", type=int, help="files in the rsync source (1000; "
+                   "4000 takes s3fs-fuse minutes per run)")
     p.add_argument("--streams", type=int, help="parallel GETs of the raw ceiling (8)")
     p.add_argument("--timeout", type=float, help="seconds any one wait may take (900)")
     p.add_argument("--cosfs-opt", action="append", default=[], metavar="OPT",
@@ -70,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra -o option for s3fs (repeatable)")
     p.add_argument("--rclone-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for rclone mount (repeatable)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="run cosfs under py-spy (pip install py-spy; not a dependency) "
+                   "and write collapsed stacks per run to DIR; timings and memory of "
+                   "such a run are not comparable")
     p.add_argument("--out", type=Path, default=REPO / "bench-results",
                    help="directory for the JSON and PNG (default bench-results/)")
     p.add_argument("--chart", type=Path, help="also write the chart here")
@@ -132,7 +137,8 @@ def _bench(args: argparse.Namespace, sizes: Sizes, repeat: int, workdir: Path,
         menv = MountEnv(server.url, BUCKET, key_id, secret, workdir,
                         cosfs_sigv4=not server.native_cos,
                         extra={"cosfs": args.cosfs_opt, "s3fs": args.s3fs_opt,
-                               "rclone": args.rclone_arg})
+                               "rclone": args.rclone_arg},
+                        profile_dir=args.profile)
         workloads = make_workloads(args.workloads, sizes)
         runner = Runner(ctx, server, menv, args.mounts, repeat, can_drop)
         try:
@@ -184,6 +190,7 @@ def _document(args: argparse.Namespace, sizes: Sizes, repeat: int, server: Serve
         "repeat": repeat,
         "sizes": vars(sizes),
         "page_cache_dropped": can_drop,
+        "profiled": args.profile is not None,
         "extra_options": {"cosfs": args.cosfs_opt, "s3fs": args.s3fs_opt,
                           "rclone": args.rclone_arg},
         "metrics": {m.key: {"label": m.label.strip(), "unit": m.unit,

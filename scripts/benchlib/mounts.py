@@ -30,6 +30,8 @@ class MountEnv:
     workdir: Path
     cosfs_sigv4: bool
     extra: dict[str, list[str]] = field(default_factory=dict)
+    # Run cosfs under ``py-spy record`` and write one profile per mount start here.
+    profile_dir: Path | None = None
 
     def base_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -52,6 +54,7 @@ class Mount:
         self.log_path = menv.workdir / f"{self.kind}.log"
         self.cache_dir: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        self.label = ""
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -63,8 +66,11 @@ class Mount:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
-    def start(self, timeout: float = 60.0) -> None:
-        self.cache_dir = self.menv.workdir / f"cache-{self.kind}-{next(self._serial)}"
+    def start(self, label: str = "", timeout: float = 60.0) -> None:
+        """Mount; ``label`` names this start (e.g. for the profile file)."""
+        serial = next(self._serial)
+        self.label = label or str(serial)
+        self.cache_dir = self.menv.workdir / f"cache-{self.kind}-{serial}"
         with open(self.log_path, "a") as log:
             log.write(f"\n=== start {time.strftime('%H:%M:%S')} ===\n")
         self.proc = spawn(self.command(), self.env(), self.log_path)
@@ -126,8 +132,18 @@ class CosfsMount(Mount):
         if self.menv.cosfs_sigv4:
             opts.append("sigv4")
         opts += self.menv.extra.get(self.kind, [])
-        return [sys.executable, "-m", "cosfs", self.menv.bucket, str(self.path), "-f",
-                "-o", ",".join(opts)]
+        cmd = [sys.executable, "-m", "cosfs", self.menv.bucket, str(self.path), "-f",
+               "-o", ",".join(opts)]
+        return self._profiled(cmd) if self.menv.profile_dir else cmd
+
+    def _profiled(self, cmd: list[str]) -> list[str]:
+        """Wrap in py-spy: collapsed stacks (flamegraph input), written at unmount."""
+        assert self.menv.profile_dir is not None
+        self.menv.profile_dir.mkdir(parents=True, exist_ok=True)
+        out = self.menv.profile_dir / f"cosfs-{self.label}.txt"
+        pyspy = Path(sys.executable).with_name("py-spy")
+        return [str(pyspy), "record", "--format", "raw", "--rate", "200", "--threads",
+                "--output", str(out), "--", *cmd]
 
     def env(self) -> dict[str, str]:
         env = self.menv.base_env()

@@ -73,6 +73,7 @@ class Runner:
         t0 = time.monotonic()
         self._drop()
         try:
+            wl.warm_server(self.ctx, None)
             result.values = wl.run(self.ctx, None, f"server-r{rep}", None)
         except Exception as exc:  # noqa: BLE001 - a failed run is a result too
             result.error = _describe(exc)
@@ -86,21 +87,27 @@ class Runner:
         state = None
         try:
             state = wl.prepare(self.ctx, tag)
-            self._start(mount)
-            session = Session(mount, lambda: self._restart(mount))
+            self._drop()
+            wl.warm_server(self.ctx, state)
+            self._start(mount, f"{wl.name}-{tag}")
+            session = Session(mount, lambda: self._restart(mount, f"{wl.name}-{tag}-2"))
+            result.notes = session.notes
             with RssSampler(lambda: mount.pid) as rss, \
                     Watchdog(self.ctx.sizes.timeout * 2, mount.kill) as dog:
                 try:
                     result.values = wl.run(self.ctx, session, tag, state)
                 finally:
                     result.peak_rss_mb = round(rss.peak_mb, 1)
-            result.requests = self._requests()
-            result.notes = session.notes
+                    # Also after a failure: what was asked of the server says why.
+                    result.requests = self._requests()
             if dog.fired:
                 raise TimeoutError("the run hit the watchdog; the mount was killed")
         except Exception as exc:  # noqa: BLE001 - a failed run is a result too
             result.error = _describe(exc)
             result.values = {}
+        except KeyboardInterrupt:
+            result.error = "interrupted"
+            raise
         finally:
             self._stop(mount, result)
             try:
@@ -110,17 +117,16 @@ class Runner:
         result.seconds = time.monotonic() - t0
         return result
 
-    def _start(self, mount: Mount) -> None:
-        self._drop()
-        mount.start()
+    def _start(self, mount: Mount, label: str) -> None:
+        mount.start(label)
         # Count only the workload's requests, not the mount's start-up.
         self.server.reset_stats()
         self.ctx.store.reset_counts()
 
-    def _restart(self, mount: Mount) -> None:
+    def _restart(self, mount: Mount, label: str) -> None:
         mount.stop()
         self._drop()
-        mount.start()
+        mount.start(label)
 
     def _stop(self, mount: Mount, result: RunResult) -> None:
         try:
@@ -133,7 +139,10 @@ class Runner:
             result.notes.append(f"{mount.kind} exited {rc} at unmount")
 
     def _requests(self) -> dict[str, int] | None:
-        stats = self.server.stats()
+        try:
+            stats = self.server.stats()
+        except OSError:
+            return None
         if stats is None:
             return None
         own = self.ctx.store.own_requests
