@@ -22,6 +22,7 @@ recorded range holds accepted bytes, and every accepted byte is recorded.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
@@ -55,6 +56,13 @@ CREATE TABLE IF NOT EXISTS uploads (
     started REAL NOT NULL
 );
 """
+
+
+# SQLite result codes that mean the cache disk refused a change, and the errno the
+# application gets for them (instead of a bare EIO for an unknown exception).
+_DISK_ERRORS = {13: errno.ENOSPC,  # SQLITE_FULL
+                8: errno.EROFS,  # SQLITE_READONLY
+                10: errno.EIO}  # SQLITE_IOERR
 
 
 @dataclass
@@ -101,13 +109,24 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    def _change(self, sql: str, params: tuple) -> sqlite3.Cursor:
+        """Run one statement that writes; a full or read-only cache disk raises
+        OSError(ENOSPC / EROFS) so the application sees why."""
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            code = _DISK_ERRORS.get(getattr(exc, "sqlite_errorcode", -1) & 0xFF)
+            if code is None:
+                raise
+            raise OSError(code, f"cache journal {self.path}: {exc}") from exc
+
     def sync(self) -> None:
         """Make every committed change durable against power loss."""
         self._db.execute("PRAGMA wal_checkpoint(FULL)")
 
     # -- staged files ----------------------------------------------------------
     def add_file(self, rec: StagedRecord) -> int:
-        cur = self._db.execute(
+        cur = self._change(
             "INSERT INTO staged (ino, key, name, base_key, base_etag, base_size,"
             " base_appendable, metadata, content_type, created)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -120,7 +139,7 @@ class Journal:
         return rec.id
 
     def update_file(self, rec: StagedRecord) -> None:
-        self._db.execute(
+        self._change(
             "UPDATE staged SET key=?, base_key=?, base_etag=?, base_size=?,"
             " base_appendable=?, metadata=?, content_type=? WHERE id=?",
             (rec.key, rec.base_key, rec.base_etag, rec.base_size, int(rec.base_appendable),
@@ -128,7 +147,7 @@ class Journal:
         )
 
     def remove_file(self, file_id: int) -> None:
-        self._db.execute("DELETE FROM staged WHERE id=?", (file_id,))
+        self._change("DELETE FROM staged WHERE id=?", (file_id,))
 
     def files(self) -> list[StagedRecord]:
         rows = self._db.execute(
@@ -141,11 +160,11 @@ class Journal:
 
     # -- multipart uploads -----------------------------------------------------
     def add_upload(self, upload_id: str, key: str, staged_id: int | None) -> None:
-        self._db.execute("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)",
-                         (upload_id, key, staged_id, time.time()))
+        self._change("INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)",
+                     (upload_id, key, staged_id, time.time()))
 
     def remove_upload(self, upload_id: str) -> None:
-        self._db.execute("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
+        self._change("DELETE FROM uploads WHERE upload_id=?", (upload_id,))
 
     def uploads(self) -> list[UploadRecord]:
         rows = self._db.execute(
@@ -189,7 +208,13 @@ class ExtentLog:
         os.fsync(self._fd)
 
     def _append(self, kind: bytes, a: int, b: int) -> None:
-        os.write(self._fd, _pack(kind, a, b))
+        record = _pack(kind, a, b)
+        written = os.write(self._fd, record)
+        if written != len(record):
+            # A full disk stored part of the record. Left there, it would fail its
+            # CRC at replay and hide every record after it: cut it off, refuse.
+            os.ftruncate(self._fd, os.fstat(self._fd).st_size - written)
+            raise OSError(errno.ENOSPC, "no room in the cache for the write's log record")
         self.records += 1
 
     def rewrite(self, size: int, dirty: Iterable[tuple[int, int]]) -> None:
