@@ -196,8 +196,10 @@ class Operations(pyfuse3.Operations):
         f, users = self.staged[inode.ino]
         if users > 1:
             self.staged[inode.ino] = (f, users - 1)
-            return
-        del self.staged[inode.ino]
+        else:
+            del self.staged[inode.ino]
+        # Every _stage() opened the cache's file once: release it once each, or it
+        # never goes idle and a later open gets it back under a stale key.
         await self.data.cache.release(f)
 
     def _upload_args(self, inode: Inode) -> tuple[dict[str, str], str]:
