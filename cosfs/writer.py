@@ -960,6 +960,14 @@ class WriteCache:
             return
         base = await self._current_base(rec)
         if base is False:
+            if await self._landed(rec, dm):
+                # Killed after its upload completed, before the journal heard of it:
+                # the "change on the server" is our own upload, not a conflict.
+                log.warning("recovered %r: the upload interrupted by the crash had "
+                            "completed (the object holds the staged bytes)", rec.key)
+                self._remove_staging(rec)
+                report.uploaded.append(rec.key)
+                return
             report.preserved.append((rec.key, self._preserve(rec, dm)))
             return
         f = StagedFile(self, rec.ino, rec.key, base or None, rec.name, record=rec, dirty=dm)
@@ -970,6 +978,33 @@ class WriteCache:
             f.close(remove=not f.dirty)
         report.uploaded.append(rec.key)
         log.info("recovered %r (%d bytes) from the staging cache", rec.key, f.size)
+
+    async def _landed(self, rec: StagedRecord, dm: DirtyMap) -> bool:
+        """Whether the object at ``rec.key`` holds exactly the staged bytes. Only
+        provable when every byte is staged (nothing would come from the base)."""
+        if dm.dirty.count(0, dm.size) != dm.size:
+            return False
+        try:
+            info = await self.client.head_object(rec.key)
+        except CosError as exc:
+            if exc.status != 404:
+                raise
+            return False
+        if info.size != dm.size:
+            return False
+        fd = os.open(self.staging_dir / rec.name, os.O_RDONLY)
+        try:
+            step = self.tuning.fill_block * 8
+            for start in range(0, dm.size, step):
+                end = min(start + step, dm.size)
+                remote = await self.client.get_object(rec.key, start, end - 1,
+                                                      if_match=info.etag)
+                local = await trio.to_thread.run_sync(os.pread, fd, end - start, start)
+                if remote != local:
+                    return False
+        finally:
+            os.close(fd)
+        return True
 
     async def _current_base(self, rec: StagedRecord) -> ObjectInfo | None | bool:
         """The base object if it is still what the journal says; False if the key

@@ -538,8 +538,6 @@ def _quiet(fn, *args) -> None:
         pass  # the mount died under it: that is the point
 
 
-@pytest.mark.xfail(strict=True, reason="recovery files a completed upload away as a "
-                   "conflict: the ETag changed because our own upload landed")
 def test_sigkill_during_multipart_complete(mounter, fresh_server) -> None:
     """Killed while CompleteMultipartUpload is in flight: after the next mount the
     object is whole (old or new), recovery is logged, no upload is left."""
@@ -572,6 +570,29 @@ def test_sigkill_during_multipart_complete(mounter, fresh_server) -> None:
     # The upload did complete with exactly the staged bytes: recovery must see that
     # and not file the staged copy away as a conflict with "someone else".
     assert got == new and not any(p.is_file() for p in preserved), log
+
+
+def test_sigkill_then_a_conflicting_change_keeps_both(mounter, fresh_server) -> None:
+    """Unsent data of a killed mount whose object someone else replaced meanwhile
+    (same size, other bytes): recovery must not overwrite theirs, and must keep
+    ours aside and say where."""
+    client = make_client(fresh_server, fresh_server.bucket)
+    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
+    ours, theirs = version("x", 1, 70 * KiB), version("x", 2, 70 * KiB)
+    assert len(ours) == len(theirs)
+    fd = os.open(m.path / "x", os.O_WRONLY | os.O_CREAT, 0o644)
+    assert os.write(fd, ours) == len(ours)
+    m.kill()
+    _quiet(os.close, fd)
+    client.put_object("x", theirs)
+    m.start()
+    assert client.get_object("x") == theirs
+    kept = [p for p in (m.cache_dir / "recovered").rglob("x") if p.is_file()]
+    assert [p.read_bytes() for p in kept] == [ours]
+    assert str(kept[0]) in m.log()
+    record("faults", {"fault": "SIGKILL, then another client replaced the object",
+                      "tried": 1, "succeeded": 1, "eio": 0, "bytes_lost": 0,
+                      "half_written": 0, "kept_in_recovered": len(kept)})
 
 
 # -- the cache disk -----------------------------------------------------------------
