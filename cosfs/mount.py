@@ -245,6 +245,7 @@ def fuse_options(p: Prepared) -> set[str]:
         opts.add("allow_other")
     if p.args.ro:
         opts.add("ro")
+    opts |= set(p.args.values.get("kernel_flags", ()))  # type: ignore[arg-type]
     return opts
 
 

@@ -88,12 +88,16 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("fsname", "str", "cosfs", "name shown in /proc/mounts", ""),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
+# Security-relevant mount flags handed to the kernel as given (an fstab ``user``
+# line implies nosuid,nodev,noexec: dropping them would widen what the mount allows).
+KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "suid", "dev", "exec", "noatime", "relatime",
+                "atime", "sync", "async"}
 # Options the kernel/fusermount understand, accepted and passed through or ignored.
 PASSTHROUGH = {"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto",
                "user", "nouser", "_netdev", "nofail", "default_permissions", "atime",
                "noatime", "relatime", "sync", "async", "defaults"}
 
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,48}[a-z0-9]-\d{5,12}$")
+BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?-\d{5,12}$")
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
@@ -146,6 +150,10 @@ def parse_o(text: str, values: dict[str, object]) -> None:
     for item in filter(None, (s.strip() for s in text.split(","))):
         name, sep, raw = item.partition("=")
         name = name.strip().replace("-", "_")
+        if name in KERNEL_FLAGS:
+            kernel = values.setdefault("kernel_flags", set())
+            kernel.add(name)  # type: ignore[union-attr]
+            continue
         if name in PASSTHROUGH:
             continue
         opt = BY_NAME.get(name)

@@ -139,6 +139,16 @@ def test_parse_args_errors(argv, fragment):
     assert fragment in str(e.value)
 
 
+def test_security_flags_reach_the_kernel(tmp_path):
+    from cosfs import mount
+
+    a = options.parse_args(["b-1250000000", "/m", "-o", "nosuid,nodev,noexec,_netdev"])
+    p = mount.Prepared(a, "/m", None, "", tmp_path, None, None, None)  # type: ignore[arg-type]
+    opts = mount.fuse_options(p)
+    assert {"nosuid", "nodev", "noexec", "default_permissions"} <= opts
+    assert "_netdev" not in opts
+
+
 def test_option_table_lists_every_option():
     table = options.option_table()
     for o in options.OPTIONS:
