@@ -366,11 +366,42 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         self._writable()
         text = names.decode_name(name)
-        inode = await self.ns.unlink(parent_inode, text)
-        staged = self.staged.get(inode.ino)
-        if staged is not None:
-            staged[0].discard()
+        held = await self._hold_unsent(parent_inode, text)
+        try:
+            inode = await self.ns.unlink(parent_inode, text)
+            staged = self.staged.get(inode.ino)
+            if staged is not None:
+                staged[0].discard()  # never uploaded, nor recovered after a crash
+        finally:
+            await self._release_held(held)
         self._kernel_forget_name(parent_inode, text)
+
+    async def _hold_unsent(self, parent_inode: int, name: str) -> list[Inode]:
+        """Stage the files at or below ``name`` whose data waits in the cache because
+        their last upload failed (no handle holds them). Staged, they take part in
+        what follows: an unlink discards their data, a rename uploads it first and
+        moves it along. Left idle, the journal would upload it under the old name at
+        the next mount, bringing a deleted or renamed file back."""
+        ino = self.ns.children.get((parent_inode, name))
+        top = self.ns.inodes.get(ino) if ino is not None else None
+        if top is None:
+            return []
+        # Only a directory needs the scan (an unlink of one file must stay cheap).
+        nodes = list(self.ns.inodes.values()) if top.is_dir() else [top]
+        held = []
+        for node in nodes:
+            if node.local and not node.is_dir() and node.ino not in self.staged \
+                    and self._is_below(node, top):
+                await self._stage(node)
+                held.append(node)
+        return held
+
+    async def _release_held(self, held: list[Inode]) -> None:
+        for node in held:
+            f = self.staged[node.ino][0]
+            await self._unstage(node)
+            if not f.dirty and not node.attr.etag and node.ino not in self.staged:
+                node.local = False  # its data was discarded (unlinked or replaced)
 
     def _kernel_forget_name(self, parent_inode: int, name: str) -> None:
         """Nothing to do: the kernel drops the dentry itself after a successful
@@ -390,27 +421,33 @@ class Operations(pyfuse3.Operations):
             for ino in self._staged_below(src):
                 await self._flush_inode(self.ns.inodes[ino], sync=True)
 
-        src, replaced = await self.ns.rename(
-            parent_inode_old, old, parent_inode_new, new,
-            noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE), before_copy=flush_first)
-        if replaced is not None and replaced.ino in self.staged:
-            self.staged[replaced.ino][0].discard()
-        for ino in self._staged_below(src):
-            self.staged[ino][0].key = self.ns.key_of(self.ns.inodes[ino])
+        held = await self._hold_unsent(parent_inode_old, old)
+        held += await self._hold_unsent(parent_inode_new, new)
+        try:
+            src, replaced = await self.ns.rename(
+                parent_inode_old, old, parent_inode_new, new,
+                noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE), before_copy=flush_first)
+            if replaced is not None and replaced.ino in self.staged:
+                self.staged[replaced.ino][0].discard()
+            for ino in self._staged_below(src):
+                self.staged[ino][0].key = self.ns.key_of(self.ns.inodes[ino])
+        finally:
+            await self._release_held(held)
 
     def _staged_below(self, top: Inode) -> list[int]:
         """Staged inodes at or below ``top`` (open files that follow a rename)."""
-        found = []
-        for ino in self.staged:
-            node = self.ns.inodes.get(ino)
-            while node is not None:
-                if node.ino == top.ino:
-                    found.append(ino)
-                    break
-                if node.ino == ROOT_INODE:
-                    break
-                node = self.ns.inodes.get(node.parent)
-        return found
+        return [ino for ino in self.staged
+                if (node := self.ns.inodes.get(ino)) is not None and self._is_below(node, top)]
+
+    def _is_below(self, node: Inode | None, top: Inode) -> bool:
+        """Whether ``node`` is ``top`` or lies below it."""
+        while node is not None:
+            if node.ino == top.ino:
+                return True
+            if node.ino == ROOT_INODE:
+                return False
+            node = self.ns.inodes.get(node.parent)
+        return False
 
     @fuse_op
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
@@ -499,7 +536,8 @@ class Operations(pyfuse3.Operations):
 
     async def _open_handle(self, node: Inode, writing: bool, truncate: bool,
                            append_only: bool) -> Handle:
-        if writing or node.ino in self.staged:
+        # A file with unsent data (its upload failed) is read from the cache too.
+        if writing or node.ino in self.staged or node.local:
             f = await self._stage(node, truncate=truncate, append_only=append_only)
             if truncate:
                 node.attr.size = 0
@@ -557,7 +595,10 @@ class Operations(pyfuse3.Operations):
                 await h.reader.close()
         finally:
             node.opens -= 1
-            if node.ino not in self.staged:
+            # A new file stays listed while the cache keeps its unsent data (its
+            # upload failed; the next open, fsync or mount retries it).
+            unsent = h.staged is not None and h.staged.dirty
+            if node.ino not in self.staged and not unsent:
                 node.local = False if not node.attr.etag and node.opens <= 0 else node.local
             self.ns._maybe_drop(node.ino)
 

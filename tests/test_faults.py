@@ -595,6 +595,88 @@ def test_sigkill_then_a_conflicting_change_keeps_both(mounter, fresh_server) -> 
                       "half_written": 0, "kept_in_recovered": len(kept)})
 
 
+# -- after an upload failed ------------------------------------------------------------
+
+
+def fail_upload(m: Mount, server: ServerProcess, name: str, data: bytes) -> None:
+    """Write ``name`` while every PUT fails: close() reports EIO and the data stays
+    in the cache. Waits until the kernel's asynchronous release has arrived."""
+    server.set_faults("PutObject", error_rate=1.0)
+    try:
+        with pytest.raises(OSError) as e:
+            (m.path / name).write_bytes(data)
+        assert e.value.errno == errno.EIO
+        wait_released(m, name)
+    finally:
+        server.clear_faults()
+
+
+def wait_released(m: Mount, name: str) -> None:
+    """Wait for the kernel's asynchronous release of ``name`` after a failed close."""
+    deadline = time.monotonic() + 10
+    while f"'{name}' was released with changes not uploaded" not in m.log():
+        assert time.monotonic() < deadline, "the file was never released"
+        time.sleep(0.05)
+
+
+def keys(client) -> list[str]:
+    return sorted(o.key for o in client.list_objects().contents)
+
+
+def test_unsent_file_stays_listed_and_unlink_discards_it(mounter, cos_server, client) -> None:
+    """A file whose upload failed stays visible (its data waits in the cache);
+    deleting it must also drop that data, or the next mount's recovery uploads it
+    and the deleted file comes back."""
+    m = mounter(["retries=0"])
+    fail_upload(m, cos_server, "x", b"never acknowledged")
+    assert os.listdir(m.path) == ["x"]
+    assert (m.path / "x").read_bytes() == b"never acknowledged"
+    os.unlink(m.path / "x")
+    m.remount()
+    assert os.listdir(m.path) == [] and keys(client) == []
+
+
+def test_rename_of_an_unsent_file_moves_its_data(mounter, cos_server, client) -> None:
+    """Renaming a file (or its directory) whose upload failed uploads it under the
+    new name; a file renamed over one with unsent data replaces that data."""
+    m = mounter(["retries=0"])
+    (m.path / "d").mkdir()
+    fail_upload(m, cos_server, "x", b"x data")
+    fail_upload(m, cos_server, "d/in", b"in data")
+    (m.path / "old").write_bytes(b"old")
+    fail_upload(m, cos_server, "old", b"old, unsent")
+    (m.path / "new").write_bytes(b"new")
+    os.rename(m.path / "x", m.path / "y")
+    os.rename(m.path / "d", m.path / "e")
+    os.rename(m.path / "new", m.path / "old")
+    m.remount()
+    assert sorted(os.listdir(m.path)) == ["e", "old", "y"]
+    assert keys(client) == ["d/", "e/in", "old", "y"] or keys(client) == ["e/", "e/in", "old",
+                                                                          "y"]
+    assert client.get_object("y") == b"x data"
+    assert client.get_object("e/in") == b"in data"
+    assert client.get_object("old") == b"new"
+
+
+def test_rename_of_an_unsendable_file_fails_and_changes_nothing(mounter, sdk, bucket,
+                                                                client) -> None:
+    """An archived object edited in place cannot be uploaded (its base cannot be
+    read): renaming it is EACCES, not a rename that only exists until the next
+    mount."""
+    sdk.put_object(Bucket=bucket, Key="cold", Body=b"frozen", StorageClass="ARCHIVE")
+    m = mounter()
+    fd = os.open(m.path / "cold", os.O_WRONLY)
+    os.pwrite(fd, b"X", 2)
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EACCES
+    wait_released(m, "cold")
+    with pytest.raises(OSError) as e:
+        os.rename(m.path / "cold", m.path / "moved")
+    assert e.value.errno == errno.EACCES
+    assert os.listdir(m.path) == ["cold"] and keys(client) == ["cold"]
+
+
 # -- the cache disk -----------------------------------------------------------------
 
 
