@@ -8,6 +8,7 @@ unmounted or signalled, and on the way out waits for every pending upload.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import logging
@@ -180,6 +181,18 @@ def _check_bucket(client: CosClient) -> None:
         raise
 
 
+def _check_cache_free(cache_dir: Path) -> None:
+    """Refuse a cache directory another mount holds (the write cache's lock file)
+    here, with one line, rather than fail after the checks with a traceback."""
+    fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise MountError(f"cache directory {cache_dir} is used by another mount") from None
+    finally:
+        os.close(fd)  # releases the probe's lock; the write cache takes it for good
+
+
 def default_cache_dir(args: MountArgs, config: CosConfig) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cosfs"
     ident = f"{config.endpoint or config.region}|{config.bucket}|{args.prefix}"
@@ -228,6 +241,7 @@ def prepare(args: MountArgs, environ: dict[str, str] | None = None) -> Prepared:
         probe.unlink()
     except OSError as exc:
         raise MountError(f"cache directory {cache_dir} is not writable: {exc.strerror}") from None
+    _check_cache_free(cache_dir)
     umask = int(args.umask)  # type: ignore[call-overload]
     uid = os.getuid() if args.uid is None else int(args.uid)  # type: ignore[call-overload]
     gid = os.getgid() if args.gid is None else int(args.gid)  # type: ignore[call-overload]
