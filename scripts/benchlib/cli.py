@@ -198,6 +198,7 @@ def _document(args: argparse.Namespace, sizes: Sizes, repeat: int, server: Serve
                     for m in report.all_metrics(workloads)},
         "medians": meds,
         "targets": report.evaluate(meds),
+        "cpu_s": report.cpu_medians(runner.results),
         "runs": [r.as_json() for r in runner.results],
     }
 
@@ -218,6 +219,9 @@ def _output(args: argparse.Namespace, doc: dict, runner: Runner, workloads: list
     print(f"\n{title}\n")
     print(report.table(meds, metrics, args.mounts, targets))
     print("\ntargets (cosfs):\n" + report.targets_text(targets))
+    if doc["cpu_s"]:
+        print("\nCPU seconds during each run, mount / server (medians; the server's "
+              "include the harness's polling):\n" + report.cpu_text(doc["cpu_s"], args.mounts))
     reqs = report.requests_text(runner.results, args.mounts)
     if reqs:
         print("\nrequests seen by the server (last run of each; harness's own "

@@ -84,37 +84,80 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-class RssSampler:
-    """Samples the summed VmRSS of a process tree in a thread; ``peak_mb`` after exit.
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of one process in clock ticks (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
+class ProcSampler:
+    """Samples a process tree in a thread: peak summed VmRSS, and CPU seconds used
+    while sampling (by the tree, and by one more process such as the server).
 
     ``pid_of`` is asked at every sample because a workload may remount (new pid)."""
 
-    def __init__(self, pid_of: Callable[[], int | None], interval: float = 0.1) -> None:
+    def __init__(self, pid_of: Callable[[], int | None], other_pid: int | None = None,
+                 interval: float = 0.1) -> None:
         self.pid_of = pid_of
+        self.other_pid = other_pid
         self.interval = interval
         self.peak_kib = 0
+        self._ticks: dict[int, tuple[int, int]] = {}  # pid -> (first seen, last seen)
+        self._other: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def _sample(self) -> None:
+        pid = self.pid_of()
+        if pid is not None:
+            tree = process_tree(pid)
+            self.peak_kib = max(self.peak_kib, sum(rss_kib(p) for p in tree))
+            for p in tree:
+                now = cpu_ticks(p)
+                first = self._ticks.get(p, (now, now))[0]
+                self._ticks[p] = (first, max(now, first))
+        if self.other_pid is not None:
+            now = cpu_ticks(self.other_pid)
+            self._other = (self._other[0] if self._other else now, now)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            pid = self.pid_of()
-            if pid is not None:
-                total = sum(rss_kib(p) for p in process_tree(pid))
-                self.peak_kib = max(self.peak_kib, total)
+            self._sample()
             self._stop.wait(self.interval)
+        self._sample()
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> ProcSampler:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Take the last sample and stop (idempotent)."""
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     @property
     def peak_mb(self) -> float:
         return self.peak_kib / 1024
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds of the sampled tree (a process's last ticks before it exits
+        within one interval are missed)."""
+        return sum(b - a for a, b in self._ticks.values()) / os.sysconf("SC_CLK_TCK")
+
+    @property
+    def other_cpu_s(self) -> float | None:
+        if self._other is None:
+            return None
+        return (self._other[1] - self._other[0]) / os.sysconf("SC_CLK_TCK")
 
 
 class Watchdog:

@@ -195,6 +195,33 @@ def requests_text(results: list[RunResult], kinds: list[str]) -> str:
     return "\n".join(lines)
 
 
+def cpu_medians(results: list[RunResult]) -> dict[str, dict[str, list[float | None]]]:
+    """workload -> mount -> [median CPU s of the mount, median CPU s of the server]."""
+    samples: dict[tuple[str, str], list[RunResult]] = {}
+    for r in results:
+        if r.cpu_s is not None and not r.error:
+            samples.setdefault((r.workload, r.mount), []).append(r)
+    out: dict[str, dict[str, list[float | None]]] = {}
+    for (wl, kind), runs in samples.items():
+        server = [r.server_cpu_s for r in runs if r.server_cpu_s is not None]
+        out.setdefault(wl, {})[kind] = [
+            round(statistics.median(r.cpu_s for r in runs if r.cpu_s is not None), 2),
+            round(statistics.median(server), 2) if server else None]
+    return out
+
+
+def cpu_text(cpu: dict[str, dict[str, list[float | None]]], kinds: list[str]) -> str:
+    lines = [f"  {'workload':<12} " + "  ".join(f"{k:>15}" for k in kinds)]
+    for wl, by in cpu.items():
+        cells = []
+        for k in kinds:
+            mount, server = by.get(k, [None, None])
+            cells.append("-" if mount is None else
+                         f"{mount:.1f} / {'-' if server is None else f'{server:.1f}'}")
+        lines.append(f"  {wl:<12} " + "  ".join(f"{c:>15}" for c in cells))
+    return "\n".join(lines)
+
+
 def errors_text(results: list[RunResult]) -> str:
     return "\n".join(f"  [{r.workload} r{r.rep + 1} {r.mount}] {r.error}"
                      for r in results if r.error)

@@ -9,7 +9,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 
 from .mounts import Mount, MountEnv, make_mount
-from .procs import RssSampler, Watchdog, drop_caches
+from .procs import ProcSampler, Watchdog, drop_caches
 from .servers import Server
 from .workloads import Ctx, Session, Workload
 
@@ -21,6 +21,8 @@ class RunResult:
     rep: int
     values: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: float | None = None
+    cpu_s: float | None = None  # CPU seconds of the mount process(es) during the run
+    server_cpu_s: float | None = None  # ...and of the server
     requests: dict[str, int] | None = None  # the server's counters, minus ours
     error: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -92,12 +94,15 @@ class Runner:
             self._start(mount, f"{wl.name}-{tag}")
             session = Session(mount, lambda: self._restart(mount, f"{wl.name}-{tag}-2"))
             result.notes = session.notes
-            with RssSampler(lambda: mount.pid) as rss, \
+            with ProcSampler(lambda: mount.pid, self.server.proc.pid) as sampler, \
                     Watchdog(self.ctx.sizes.timeout * 2, mount.kill) as dog:
                 try:
                     result.values = wl.run(self.ctx, session, tag, state)
                 finally:
-                    result.peak_rss_mb = round(rss.peak_mb, 1)
+                    sampler.stop()  # before the numbers are read
+                    result.peak_rss_mb = round(sampler.peak_mb, 1)
+                    result.cpu_s = round(sampler.cpu_s, 2)
+                    result.server_cpu_s = _round(sampler.other_cpu_s)
                     # Also after a failure: what was asked of the server says why.
                     result.requests = self._requests()
             if dog.fired:
@@ -154,6 +159,10 @@ class Runner:
         _log(_progress_line(r))
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 def _describe(exc: BaseException) -> str:
     frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" ({frame[0].name}:{frame[0].lineno})" if frame else ""
@@ -166,6 +175,10 @@ def _progress_line(r: RunResult) -> str:
         return f"{head} ERROR {r.error}"
     vals = "  ".join(f"{k}={v:.4g}" for k, v in r.values.items())
     rss = f"  rss={r.peak_rss_mb:.0f}MB" if r.peak_rss_mb is not None else ""
+    if r.cpu_s is not None:
+        rss += f"  cpu={r.cpu_s:.1f}s"
+    if r.server_cpu_s is not None:
+        rss += f" server_cpu={r.server_cpu_s:.1f}s"
     notes = f"  ({'; '.join(r.notes)})" if r.notes else ""
     return f"{head} {vals}{rss}  [{r.seconds:.0f}s]{notes}"
 
