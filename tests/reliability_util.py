@@ -130,6 +130,7 @@ class TlsProxy:
         self.port = self.sock.getsockname()[1]
         self.url = f"https://127.0.0.1:{self.port}"
         self.handshake_failures = 0
+        self.served = 0  # connections that completed a handshake
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -147,6 +148,7 @@ class TlsProxy:
                 self.handshake_failures += 1
                 raw.close()
                 continue
+            self.served += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn) -> None:
