@@ -417,9 +417,14 @@ class Operations(pyfuse3.Operations):
         old = names.decode_name(name_old)
         new = names.decode_name(name_new)
 
+        moved: dict[int, str] = {}  # open inode -> its key before the rename
+
         async def flush_first(src: Inode) -> None:
             for ino in self._staged_below(src):
                 await self._flush_inode(self.ns.inodes[ino], sync=True)
+            for node in self.ns.open_inodes():
+                if self._is_below(node, src):
+                    moved[node.ino] = self.ns.key_of(node)
 
         held = await self._hold_unsent(parent_inode_old, old)
         held += await self._hold_unsent(parent_inode_new, new)
@@ -431,8 +436,36 @@ class Operations(pyfuse3.Operations):
                 self.staged[replaced.ino][0].discard()
             for ino in self._staged_below(src):
                 self.staged[ino][0].key = self.ns.key_of(self.ns.inodes[ino])
+            await self._follow_rename(moved)
         finally:
             await self._release_held(held)
+
+    async def _follow_rename(self, moved: dict[int, str]) -> None:
+        """Open files a rename moved read their bytes from the new key from now on:
+        the old one is deleted. ``moved`` maps each inode to its key before."""
+        for ino, old_key in moved.items():
+            node = self.ns.inodes.get(ino)
+            if node is None:
+                continue
+            readers = [h.reader for h in self.handles.values()
+                       if h.inode is node and h.reader is not None]
+            staged = self.staged.get(ino)
+            base = staged[0].base if staged is not None else None
+            if base is not None and base.key != old_key:
+                base = None  # its bytes come from another object: not moved
+            if not readers and base is None:
+                continue
+            new_key = self.ns.key_of(node)
+            try:
+                info = await self.ns.aclient.head_object(new_key)
+            except CosError as exc:
+                log.warning("%r moved to %r while open, but cannot be found there (%s): "
+                            "its open handles will fail", old_key, new_key, exc)
+                continue
+            for reader in readers:
+                reader.key, reader.etag = new_key, info.etag
+            if base is not None and staged is not None:
+                staged[0].base_moved(info)
 
     def _staged_below(self, top: Inode) -> list[int]:
         """Staged inodes at or below ``top`` (open files that follow a rename)."""

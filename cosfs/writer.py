@@ -189,6 +189,17 @@ class StagedFile:
     def base(self) -> ObjectInfo | None:
         return self._base
 
+    def base_moved(self, info: ObjectInfo) -> None:
+        """The base object was renamed (copied to ``info.key``, the old key deleted):
+        fills and part copies read it there from now on. Ignored when ``info`` is
+        not the same bytes (another size: someone else changed it meanwhile)."""
+        if self._base is None or info.size != self._base.size:
+            return
+        self._base = info
+        if self._record is not None:
+            self._record.base_key, self._record.base_etag = info.key, info.etag
+            self._cache.journal.update_file(self._record)
+
     @property
     def size(self) -> int:
         return self._map.size

@@ -384,7 +384,9 @@ class FilesystemMachine(RuleBasedStateMachine):
         parent = data.draw(st.sampled_from(sorted(self.model.dirs)), label="dst parent")
         dst = join(parent, name)
         if dst in self.model.dirs:
-            expect_errno(errno.EISDIR, os.rename, self.p(src), self.p(dst))
+            # The kernel checks "target is an ancestor of the source" first.
+            code = errno.ENOTEMPTY if src.startswith(dst + "/") else errno.EISDIR
+            expect_errno(code, os.rename, self.p(src), self.p(dst))
             return
         os.rename(self.p(src), self.p(dst))
         if src != dst:
@@ -794,3 +796,41 @@ def test_regression_second_handle_then_rename_then_truncate(mounter, client) -> 
     assert client.get_object("c") == b""
     assert sorted(os.listdir(m.path)) == ["c"]
     assert [o.key for o in client.list_objects().contents] == ["c"]
+
+
+@pytest.mark.parametrize("flags", [os.O_RDONLY, os.O_RDWR], ids=["reader", "staged"])
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_regression_open_handle_reads_after_rename(mounter, flags, what) -> None:
+    """An open file renamed (itself or its directory) still reads its bytes: the
+    handle used to fetch from the old key, which the rename had deleted (ENOENT)."""
+    m = mounter()
+    data = payload(1, 3 * MiB)  # more than the first read fetches
+    (m.path / "d").mkdir()
+    (m.path / "d" / "f").write_bytes(data)
+    m.remount()  # nothing in the kernel's page cache
+    fd = os.open(m.path / "d" / "f", flags)
+    try:
+        if what == "file":
+            os.rename(m.path / "d" / "f", m.path / "d" / "g")
+        else:
+            os.rename(m.path / "d", m.path / "e")
+        assert read_all(fd) == data
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.xfail(strict=True, reason="unlink deletes the object at once; bytes an open "
+                   "handle has not fetched yet are gone (ENOENT): design-level")
+def test_regression_open_handle_reads_after_unlink(mounter) -> None:
+    """POSIX (and docs/SEMANTICS.md) promise an unlinked file stays readable through
+    the handles open on it."""
+    m = mounter()
+    data = payload(2, 3 * MiB)
+    (m.path / "f").write_bytes(data)
+    m.remount()
+    fd = os.open(m.path / "f", os.O_RDWR)
+    try:
+        os.unlink(m.path / "f")
+        assert read_all(fd) == data
+    finally:
+        os.close(fd)
