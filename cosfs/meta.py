@@ -61,6 +61,7 @@ class Attr:
     mtime_ns: int = 0
     ctime_ns: int = 0
     etag: str = ""
+    last_modified: int = 0  # the object's Last-Modified, whole seconds (0: unknown)
     appendable: bool = False
     storage_class: str = "STANDARD"
     xattrs: dict[str, bytes] = field(default_factory=dict)
@@ -145,12 +146,21 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
         mtime_ns=mtime_ns,
         ctime_ns=mtime_ns,
         etag=info.etag,
+        last_modified=int(info.last_modified),
         appendable=info.appendable,
         storage_class=info.storage_class,
         xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
         mtime_set=parse_mtime(meta.get("mtime", "")) is not None,
         partial=info.from_listing,
     )
+
+
+def same_object(attr: Attr, info: ObjectInfo) -> bool:
+    """Whether ``info`` (from a listing or a HEAD) describes the object ``attr`` was
+    built from. ETag alone is not enough: a metadata self-copy keeps the ETag (the
+    content's MD5) but moves Last-Modified."""
+    return bool(attr.etag) and attr.etag == info.etag and \
+        attr.last_modified == int(info.last_modified)
 
 
 def implicit_dir_attr(defaults: Defaults, mtime_ns: int = 0) -> Attr:

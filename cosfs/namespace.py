@@ -234,21 +234,25 @@ class Namespace:
         if (parent_ino, name) in self.negative:
             raise OSError(errno.ENOENT, "no such file or directory")
         listing = self.listings.get(parent_ino)
-        if listing is not None and inode is None:
-            entry = listing.entries.get(name)
-            if entry is None:
-                raise OSError(errno.ENOENT, "no such file or directory")
+        if listing is not None and inode is None and name not in listing.entries:
+            raise OSError(errno.ENOENT, "no such file or directory")
+        if inode is not None and not inode.is_dir():
+            return await self._revalidate_file(parent, inode)
+        return await self._lookup_remote(parent, name)
+
+    async def _lookup_remote(self, parent: Inode, name: str) -> Inode:
+        """Resolve ``name`` on the server and bind (or unbind) it."""
         key = names.child_key(self.key_of(parent), name)
         found = await self._resolve(key)
         # The table may have changed while we waited: re-read before binding.
-        ino = self.children.get((parent_ino, name))
+        ino = self.children.get((parent.ino, name))
         current = self.inodes.get(ino) if ino is not None else None
         if current is not None and current.local:
             return current
         if found is None:
-            self._detach(parent_ino, name)
+            self._detach(parent.ino, name)
             if self._cache_on:
-                self.negative[(parent_ino, name)] = True
+                self.negative[(parent.ino, name)] = True
             raise OSError(errno.ENOENT, "no such file or directory")
         attr, has_marker = found
         return self._attach(parent, name, attr, has_marker=has_marker)
@@ -309,11 +313,24 @@ class Namespace:
         if parent is None:
             return inode
         try:
-            return await self.lookup(parent.ino, inode.name)
+            return await self._revalidate_file(parent, inode)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 return inode  # deleted by someone else: the open inode stays usable
             raise
+
+    async def _revalidate_file(self, parent: Inode, inode: Inode) -> Inode:
+        """Refresh a file's attributes: one HEAD says all about a file that is still
+        a file; only when it is gone do we ask whether a directory took its name."""
+        try:
+            info = await self.aclient.head_object(self.key_of(inode))
+        except CosError as exc:
+            if exc.status != 404:
+                raise
+            return await self._lookup_remote(parent, inode.name)
+        if not meta.same_object(inode.attr, info):
+            inode.symlink_target = None
+        return self._attach(parent, inode.name, self._file_attr(info))
 
     # -- listing -------------------------------------------------------------------
 
@@ -366,22 +383,29 @@ class Namespace:
             self.listings[parent.ino] = listing
         return listing
 
+    @staticmethod
+    def _still_valid(inode: Inode, e: DirEntry) -> bool:
+        if inode.local:
+            return True
+        if e.info is None:
+            return inode.is_dir()
+        return not inode.is_dir() and meta.same_object(inode.attr, e.info)
+
     async def _fill_attrs(self, parent: Inode, entries: Iterable[DirEntry]) -> None:
         """Bind every entry to an inode with full attributes, HEADing in parallel only
         what neither a live inode nor the attribute cache can tell."""
-        now = trio.current_time()
         todo: list[DirEntry] = []
         for e in entries:
             ino = self.children.get((parent.ino, e.name))
             inode = self.inodes.get(ino) if ino is not None else None
-            fresh = inode is not None and (inode.local or inode.expires > now)
-            if fresh and (e.info is None or inode.attr.etag == e.info.etag or inode.is_dir()):
+            if inode is not None and self._still_valid(inode, e):
+                # The listing is a fresh look at the server: unchanged means valid.
+                inode.expires = self._expiry()
                 continue
             if e.info is not None:
                 cached = self.object_attrs.get(e.info.key)
-                if cached is not None and cached[0] == e.info.etag:
-                    attr = replace(cached[1], size=e.info.size)
-                    self._attach(parent, e.name, attr)
+                if cached is not None and meta.same_object(cached[1], e.info):
+                    self._attach(parent, e.name, replace(cached[1], size=e.info.size))
                     continue
             todo.append(e)
         if not todo:
@@ -487,6 +511,7 @@ class Namespace:
         inode.attr.etag = info.etag
         inode.attr.size = info.size
         inode.attr.appendable = info.appendable
+        inode.attr.last_modified = int(info.last_modified)
         if not inode.attr.mtime_set and info.last_modified:
             # What a remount will show: the object's Last-Modified.
             inode.attr.mtime_ns = int(info.last_modified * 1_000_000_000)

@@ -10,7 +10,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import make_client
 
 
@@ -69,7 +68,9 @@ def test_mkdir_marker_rmdir_and_survives_remount(mnt, sdk, bucket):
     assert stat.S_IMODE((mnt.path / "d").stat().st_mode) == 0o750
     (mnt.path / "d").rmdir()
     assert os.listdir(mnt.path) == ["keep"]
-    with pytest.raises(Exception):
+    from qcloud_cos.cos_exception import CosServiceError
+
+    with pytest.raises(CosServiceError):
         sdk_head(sdk, bucket, "d/")
 
 
@@ -366,3 +367,26 @@ def test_sigterm_unmounts_cleanly(mnt):
     from conftest import is_mounted
 
     assert not is_mounted(mnt.path)
+
+
+def test_revalidation_costs(mounter, cos_server, bucket):
+    """A listing that shows objects unchanged renews their attributes with no HEAD;
+    an expired file's stat costs one HEAD, not a HEAD and a LIST."""
+    client = make_client(cos_server, bucket)
+    for i in range(50):
+        client.put_object(f"d/f{i:02d}", b"x" * i)
+    m = mounter(["stat_cache_expire=1"])
+    cos_server.reset_stats()
+    assert len(subprocess.run(["ls", "-l", str(m.path / "d")], capture_output=True,
+                              text=True, check=True).stdout.splitlines()) == 51
+    assert cos_server.count("HeadObject") >= 50  # cold: every object's metadata
+    time.sleep(1.3)
+    cos_server.reset_stats()
+    subprocess.run(["ls", "-l", str(m.path / "d")], capture_output=True, check=True)
+    assert cos_server.count("HeadObject") <= 1  # at most the lookup of "d" itself
+    assert cos_server.count("ListObjects") >= 1
+    time.sleep(1.3)
+    os.stat(m.path / "d")  # revalidates the directory itself
+    cos_server.reset_stats()
+    assert (m.path / "d" / "f07").stat().st_size == 7
+    assert (cos_server.count("HeadObject"), cos_server.count("ListObjects")) == (1, 0)
