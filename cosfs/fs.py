@@ -114,6 +114,8 @@ class Operations(pyfuse3.Operations):
         # directory handle -> [inode number, entries listed at the first readdir]
         self.dir_handles: dict[int, list[Any]] = {}
         self.staged: dict[int, tuple[Any, int]] = {}
+        # Unlinked inodes still open: their staged copy is held until the last close.
+        self.orphans: set[int] = set()
         self._next_fh = 1
         self.stats = {"errors": 0}
         # Write-back uploads end after flush() returned: record what they produced.
@@ -368,6 +370,7 @@ class Operations(pyfuse3.Operations):
         text = names.decode_name(name)
         held = await self._hold_unsent(parent_inode, text)
         try:
+            await self._keep_open_data(parent_inode, text)
             inode = await self.ns.unlink(parent_inode, text)
             staged = self.staged.get(inode.ino)
             if staged is not None:
@@ -375,6 +378,23 @@ class Operations(pyfuse3.Operations):
         finally:
             await self._release_held(held)
         self._kernel_forget_name(parent_inode, text)
+
+    async def _keep_open_data(self, parent_inode: int, name: str) -> None:
+        """POSIX: an unlinked file stays readable through the handles open on it. The
+        object is about to be deleted, so its bytes move into the staged copy first
+        (reads of any handle of the inode go there), held until the last close."""
+        ino = self.ns.children.get((parent_inode, name))
+        node = self.ns.inodes.get(ino) if ino is not None else None
+        if node is None or node.opens <= 0 or node.is_dir() or not node.attr.etag \
+                or node.ino in self.orphans:
+            return
+        f = await self._stage(node)
+        try:
+            await f.make_local()
+        except BaseException:
+            await self._unstage(node)
+            raise
+        self.orphans.add(node.ino)
 
     async def _hold_unsent(self, parent_inode: int, name: str) -> list[Inode]:
         """Stage the files at or below ``name`` whose data waits in the cache because
@@ -628,6 +648,9 @@ class Operations(pyfuse3.Operations):
                 await h.reader.close()
         finally:
             node.opens -= 1
+            if node.opens <= 0 and node.ino in self.orphans:
+                self.orphans.discard(node.ino)
+                await self._unstage(node)
             # A new file stays listed while the cache keeps its unsent data (its
             # upload failed; the next open, fsync or mount retries it).
             unsent = h.staged is not None and h.staged.dirty

@@ -272,6 +272,11 @@ class StagedFile:
         # A concurrent truncate may have cut the file; past its end reads as zeros.
         return data + bytes(end - offset - len(data))
 
+    async def make_local(self) -> None:
+        """Fetch every byte still only in the base object, so the staged copy no
+        longer needs it (the object is about to be deleted under open handles)."""
+        await self._fill(0, self.size)
+
     async def truncate(self, size: int) -> None:
         if size < 0 or size > self._cache.layout.max_size:
             raise OSError(errno.EFBIG if size > 0 else errno.EINVAL, "bad size")

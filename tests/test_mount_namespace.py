@@ -390,3 +390,23 @@ def test_revalidation_costs(mounter, cos_server, bucket):
     cos_server.reset_stats()
     assert (m.path / "d" / "f07").stat().st_size == 7
     assert (cos_server.count("HeadObject"), cos_server.count("ListObjects")) == (1, 0)
+
+
+def test_unlinked_file_stays_readable_through_open_handles(mounter, cos_server, bucket):
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    make_client(cos_server, bucket).put_object("f", data)
+    m = mounter()
+    reader = os.open(m.path / "f", os.O_RDONLY)
+    try:
+        assert os.pread(reader, 100, 0) == data[:100]  # only the start fetched so far
+        os.unlink(m.path / "f")
+        assert not (m.path / "f").exists()
+        got = b"".join(iter(lambda: os.read(reader, 1 << 20), b""))  # pread kept offset 0
+        assert got == data
+    finally:
+        os.close(reader)
+    assert "f" not in os.listdir(m.path)
+    from cosfs.cos import CosError
+
+    with pytest.raises(CosError):
+        make_client(cos_server, bucket).head_object("f")
