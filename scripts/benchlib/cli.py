@@ -18,6 +18,7 @@ from . import report
 from .data import Pattern
 from .mounts import MOUNT_KINDS, MountEnv, missing_tools
 from .procs import machine_info
+from .raw import Endpoint
 from .runner import Runner
 from .servers import CosServer, MotoServer, Server
 from .store import Store
@@ -133,7 +134,8 @@ def _bench(args: argparse.Namespace, sizes: Sizes, repeat: int, workdir: Path,
     try:
         store = Store(server.url, BUCKET, key_id, secret)
         server.create_bucket(store)
-        ctx = Ctx(store, sizes, workdir, Pattern(seed=20240601))
+        endpoint = Endpoint(server.url, BUCKET, key_id, secret)
+        ctx = Ctx(store, endpoint, sizes, workdir, Pattern(seed=20240601))
         menv = MountEnv(server.url, BUCKET, key_id, secret, workdir,
                         cosfs_sigv4=not server.native_cos,
                         extra={"cosfs": args.cosfs_opt, "s3fs": args.s3fs_opt,

@@ -232,6 +232,9 @@ def write_json(path: Path, doc: dict) -> None:
     path.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
 
 
+# A dashed line on a mount metric's chart: the same transfer with no mount in between.
+CEILINGS = {"seq_read": ("raw_n", "raw N-stream GET"),
+            "seq_write": ("raw_put", "raw N-stream PUT")}
 COLORS = {"cosfs": "#2b7bba", "s3fs": "#e08a2c", "rclone": "#59a14f", "server": "#888888"}
 
 
@@ -260,10 +263,12 @@ def chart(path: Path, m: Medians, metrics: list[Metric], kinds: list[str],
                      fontsize=9)
         ax.tick_params(labelsize=8)
         ax.margins(y=0.15)
-        if metric.key == "seq_read" and m.get("raw_n", {}).get("server"):
-            ax.axhline(m["raw_n"]["server"], color="#888", linestyle="--", linewidth=1)
-            ax.text(0, m["raw_n"]["server"], " raw N-stream GET", fontsize=7,
-                    va="bottom", color="#555")
+        ceiling = CEILINGS.get(metric.key)
+        if ceiling and m.get(ceiling[0], {}).get("server"):
+            level = m[ceiling[0]]["server"]
+            ax.axhline(level, color="#888", linestyle="--", linewidth=1)
+            ax.text(-0.4, level, f" {ceiling[1]} {_fmt(level)}", fontsize=7, va="bottom",
+                    color="#555")
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)

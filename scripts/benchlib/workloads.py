@@ -9,10 +9,10 @@ import re
 import subprocess
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import raw
 from .data import Pattern, build_rsync_source
 from .mounts import Mount
 from .store import Store
@@ -43,6 +43,7 @@ class Ctx:
     """Everything a workload may use, shared by the whole bench run."""
 
     store: Store
+    endpoint: raw.Endpoint
     sizes: Sizes
     workdir: Path
     pattern: Pattern
@@ -113,7 +114,8 @@ def _ensure_big_object(ctx: Ctx) -> None:
 
 
 class Raw(Workload):
-    """The ceiling: GETs straight from the server, no mount in between."""
+    """The ceilings: GETs and a multipart PUT straight from and to the server, no
+    mount in between, each stream a process of its own."""
 
     name = "raw"
     needs_mount = False
@@ -121,29 +123,30 @@ class Raw(Workload):
     def __init__(self, streams: int) -> None:
         self.metrics = (
             Metric("raw_1", "raw GET, 1 stream", "MB/s", True),
-            Metric("raw_n", f"raw GET, {streams} streams", "MB/s", True))
+            Metric("raw_n", f"raw GET, {streams} streams", "MB/s", True),
+            Metric("raw_put", f"raw multipart PUT, {streams} streams", "MB/s", True))
 
     def setup(self, ctx: Ctx) -> None:
         _ensure_big_object(ctx)
 
     def warm_server(self, ctx: Ctx, state: object) -> None:
         ctx.store.drain_range(SRC_KEY, 0, ctx.sizes.size - 1)
+        _warm(ctx.big_local)
 
     def run(self, ctx: Ctx, session: Session | None, tag: str, state: object
             ) -> dict[str, float]:
         size, streams = ctx.sizes.size, ctx.sizes.streams
-        t0 = time.monotonic()
-        got = ctx.store.drain_range(SRC_KEY, 0, size - 1)
-        one = size / MB / (time.monotonic() - t0)
-        bounds = [(i * size // streams, (i + 1) * size // streams - 1)
-                  for i in range(streams)]
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(streams) as pool:
-            got += sum(pool.map(lambda b: ctx.store.drain_range(SRC_KEY, *b), bounds))
-        many = size / MB / (time.monotonic() - t0)
-        if got != 2 * size:
-            raise RuntimeError(f"raw GETs returned {got} bytes, expected {2 * size}")
-        return {"raw_1": one, "raw_n": many}
+        one = raw.get_ranges(ctx.endpoint, SRC_KEY, size, 1)
+        many = raw.get_ranges(ctx.endpoint, SRC_KEY, size, streams)
+        put_key = f"rawput/{tag}.bin"
+        try:
+            put = raw.put_multipart(ctx.endpoint, ctx.store, put_key, ctx.big_local, streams)
+            if ctx.store.size(put_key) != size:
+                raise RuntimeError("the raw multipart upload has the wrong size")
+        finally:
+            ctx.store.delete_prefix(put_key)
+        return {"raw_1": size / MB / one, "raw_n": size / MB / many,
+                "raw_put": size / MB / put}
 
 
 class SeqRead(Workload):
