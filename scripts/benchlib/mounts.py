@@ -118,6 +118,17 @@ class Mount:
             self.proc.wait()
         subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True)
 
+    def log_errors(self, limit: int = 2) -> list[str]:
+        """The last error lines the mount logged since it was last started (the log
+        goes with the scratch directory, so failures keep their cause this way)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        lines = text.rsplit("\n=== start ", 1)[-1].splitlines()
+        errors = [ln.strip() for ln in lines if "error" in ln.lower()]
+        return [e[:240] for e in errors[-limit:]]
+
     def _drop_cache_dir(self) -> None:
         if self.cache_dir is not None:
             shutil.rmtree(self.cache_dir, ignore_errors=True)

@@ -110,6 +110,7 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - a failed run is a result too
             result.error = _describe(exc)
             result.values = {}
+            result.notes += [f"{kind} log: {line}" for line in mount.log_errors()]
         except KeyboardInterrupt:
             result.error = "interrupted"
             raise
