@@ -278,15 +278,23 @@ class Operations(pyfuse3.Operations):
         return self.entry(node)
 
     async def _store_attr(self, node: Inode, new: meta.Attr) -> None:
-        if node.local:  # the pending upload carries the new metadata
-            if not meta.fits_metadata_limit(new):
-                raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
-            node.attr = new
+        # Data waiting in the cache after a failed upload goes up now, with it.
+        held = await self._hold_below(node)
+        try:
             staged = self.staged.get(node.ino)
-            if staged is not None:
+            if staged is not None and staged[0].dirty:  # the pending upload carries it
+                if not meta.fits_metadata_limit(new):
+                    raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
+                node.attr = new
                 staged[0].metadata, staged[0].content_type = self._upload_args(node)
-        else:
-            await self.ns.store_attr(node, new)
+                if held:
+                    await self._flush_inode(node, sync=True)
+            else:
+                # Nothing pending (an open file not written to, even if truncated to
+                # its own size): only a copy onto itself stores the metadata.
+                await self.ns.store_attr(node, new)
+        finally:
+            await self._release_held(held)
 
     async def _truncate(self, node: Inode, size: int, fh: int | None) -> None:
         if node.is_dir():
@@ -404,8 +412,10 @@ class Operations(pyfuse3.Operations):
         the next mount, bringing a deleted or renamed file back."""
         ino = self.ns.children.get((parent_inode, name))
         top = self.ns.inodes.get(ino) if ino is not None else None
-        if top is None:
-            return []
+        return [] if top is None else await self._hold_below(top)
+
+    async def _hold_below(self, top: Inode) -> list[Inode]:
+        """:meth:`_hold_unsent` for ``top`` and everything below it."""
         # Only a directory needs the scan (an unlink of one file must stay cheap).
         nodes = list(self.ns.inodes.values()) if top.is_dir() else [top]
         held = []
@@ -651,11 +661,13 @@ class Operations(pyfuse3.Operations):
             if node.opens <= 0 and node.ino in self.orphans:
                 self.orphans.discard(node.ino)
                 await self._unstage(node)
-            # A new file stays listed while the cache keeps its unsent data (its
-            # upload failed; the next open, fsync or mount retries it).
+            # A file stays local (authoritative, listed even if new) while the cache
+            # keeps unsent data for it (its upload failed, or runs in the background);
+            # otherwise it is what the server holds, even after a truncate that
+            # changed nothing.
             unsent = h.staged is not None and h.staged.dirty
-            if node.ino not in self.staged and not unsent:
-                node.local = False if not node.attr.etag and node.opens <= 0 else node.local
+            if node.ino not in self.staged and not unsent and node.opens <= 0:
+                node.local = False
             self.ns._maybe_drop(node.ino)
 
     # -- extended attributes -----------------------------------------------------------

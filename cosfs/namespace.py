@@ -578,7 +578,7 @@ class Namespace:
             await self.aclient.put_object(key + "/", b"", content_type=meta.DIR_CONTENT_TYPE,
                                           metadata=meta.metadata_for(attr))
             inode.has_marker = True
-        elif not inode.local:
+        elif inode.attr.etag:  # an object exists to copy onto itself
             if inode.attr.appendable:
                 # COS cannot copy appendable objects, so their metadata cannot change
                 # without rewriting the data: refuse rather than pretend.
@@ -629,7 +629,7 @@ class Namespace:
                 await before_copy(src)  # type: ignore[operator]
             if src.is_dir():
                 await self._move_tree(old_key, new_key)
-            elif not src.local:
+            elif src.attr.etag:  # an object exists (staged data was flushed first)
                 await self._move_object(src, old_key, new_key)
             if dst is not None and dst.is_dir() and not src.has_marker:
                 # An empty directory replaced by an implicit one: drop its marker.
