@@ -11,6 +11,7 @@ from .object_headers import (
     check_copy_source,
     copy_source,
     etag_header,
+    receive_body,
 )
 from .ranges import ByteRange, parse_copy_range
 from .xmlio import OWNER, parse_complete, render
@@ -36,15 +37,7 @@ def upload_part(ctx: Context, req: Request) -> Response:
     number = _part_number(req)
     upload_id = req.query.get("uploadId", "")
     ctx.store.get_upload(req.bucket, req.key, upload_id)
-    req.body.max_size = MAX_OBJECT_SIZE
-    writer = ctx.store.blobs.writer()
-    try:
-        for chunk in req.body.chunks():
-            writer.write(chunk)
-        md5 = req.body.finish()
-    except BaseException:
-        writer.discard()
-        raise
+    writer, md5 = receive_body(ctx, req)
     part = ctx.store.put_part(req.bucket, req.key, upload_id, number, writer, md5)
     return Response(200, {"ETag": etag_header(part.etag)})
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 import email.utils
 from urllib.parse import unquote
 
+from .blobs import BlobWriter
 from .errors import CosServerError
-from .messages import Request, Response, http_date
+from .messages import Context, Request, Response, http_date
 from .routing import host_bucket
 from .store import Attributes, ObjectRecord
 
@@ -80,6 +81,20 @@ def replaced_attributes(req: Request, source: ObjectRecord) -> Attributes:
     if "content-type" not in headers and "content-type" in source.attrs.headers:
         headers["content-type"] = source.attrs.headers["content-type"]
     return Attributes(headers, user_metadata(req), storage_class(req))
+
+
+def receive_body(ctx: Context, req: Request) -> tuple[BlobWriter, str]:
+    """Stream an upload's body into a new blob; returns the blob and the body's MD5.
+    A body that fails (too large, bad digest, dropped) leaves no blob behind."""
+    req.body.max_size = MAX_OBJECT_SIZE
+    writer = ctx.store.blobs.writer()
+    try:
+        for chunk in req.body.chunks():
+            writer.write(chunk)
+        return writer, req.body.finish()
+    except BaseException:
+        writer.discard()
+        raise
 
 
 def etag_header(etag: str) -> str:

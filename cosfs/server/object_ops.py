@@ -13,6 +13,7 @@ from .object_headers import (
     copy_source,
     etag_header,
     object_headers,
+    receive_body,
     replaced_attributes,
     storage_class,
 )
@@ -31,15 +32,7 @@ def _write_headers(req: Request, record: ObjectRecord) -> dict[str, str]:
 def put_object(ctx: Context, req: Request) -> Response:
     attrs = attributes(req)
     ctx.store.require_bucket(req.bucket)
-    req.body.max_size = MAX_OBJECT_SIZE
-    writer = ctx.store.blobs.writer()
-    try:
-        for chunk in req.body.chunks():
-            writer.write(chunk)
-        md5 = req.body.finish()
-    except BaseException:
-        writer.discard()
-        raise
+    writer, md5 = receive_body(ctx, req)
     record = ctx.store.put(req.bucket, req.key, writer, md5, attrs)
     return Response(200, _write_headers(req, record))
 
