@@ -87,8 +87,11 @@ class Attr:
 
 
 def format_mtime(mtime_ns: int) -> str:
-    sec, nsec = divmod(mtime_ns, 1_000_000_000)
-    return str(sec) if nsec == 0 else f"{sec}.{nsec:09d}"
+    # Sign, then magnitude: divmod would floor -1.5 s to "-2.500000000", which
+    # parse_mtime (and any reader of decimal seconds) takes for -2.5 s.
+    sign = "-" if mtime_ns < 0 else ""
+    sec, nsec = divmod(abs(mtime_ns), 1_000_000_000)
+    return f"{sign}{sec}" if nsec == 0 else f"{sign}{sec}.{nsec:09d}"
 
 
 def parse_mtime(text: str) -> int | None:
@@ -126,8 +129,9 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
     marker). Metadata that is missing or malformed falls back to the defaults."""
     meta = info.metadata
     mtime_ns = int(info.last_modified * 1_000_000_000)
-    if "mtime" in meta:
-        mtime_ns = parse_mtime(meta["mtime"]) or mtime_ns  # type: ignore[assignment]
+    parsed = parse_mtime(meta["mtime"]) if "mtime" in meta else None
+    if parsed is not None:  # 0 (the epoch) is a time like any other
+        mtime_ns = parsed
     mode = _int_meta(meta, "mode")
     if is_dir:
         perm = stat.S_IMODE(mode) if mode is not None else defaults.dir_mode

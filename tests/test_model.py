@@ -460,7 +460,7 @@ class FilesystemMachine(RuleBasedStateMachine):
             self.model.dirs[path] = dir_mode
 
     @precondition(lambda self: self.model.files)
-    @rule(data=st.data(), sec=st.integers(0, 2**33), nsec=st.integers(0, 999_999_999))
+    @rule(data=st.data(), sec=st.integers(-2**31, 2**33), nsec=st.integers(0, 999_999_999))
     def utime(self, data, sec, nsec) -> None:
         self.step()
         path = data.draw(st.sampled_from(sorted(self.model.files)), label="path")
@@ -879,3 +879,31 @@ def test_regression_rename_after_a_truncate_that_changed_nothing(mounter, client
     os.chmod(m.path / "b", 0o604)
     m.remount()
     assert stat.S_IMODE((m.path / "b").stat().st_mode) == 0o604
+
+
+@pytest.mark.parametrize("mtime_ns", [0, -1_500_000_000, -1], ids=["epoch", "-1.5s", "-1ns"])
+def test_regression_mtime_at_or_before_the_epoch(mounter, mtime_ns) -> None:
+    """utime to the epoch read back as the upload time (0 was taken for "unset"),
+    and a negative fraction of a second was stored floored (-1.5 s as -2.5 s)."""
+    m = mounter()
+    (m.path / "f").write_bytes(b"x")
+    os.utime(m.path / "f", ns=(mtime_ns, mtime_ns))
+    m.remount()
+    assert (m.path / "f").stat().st_mtime_ns == mtime_ns
+
+
+def test_regression_read_only_handle_sees_writes_through_the_mount(mounter) -> None:
+    """A read-only handle opened before another handle rewrote the file read EIO
+    (its If-Match named the old object) instead of the new bytes."""
+    m = mounter()
+    p = m.path / "f"
+    p.write_bytes(b"old content")
+    m.remount()
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with open(p, "ab") as f:
+            f.write(b" and more")
+        os.truncate(p, 15)
+        assert os.pread(fd, 100, 0) == b"old content and"
+    finally:
+        os.close(fd)
