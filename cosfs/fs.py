@@ -220,6 +220,20 @@ class Operations(pyfuse3.Operations):
         self.ns.uploaded(inode, info)
         if f.dirty:  # write-back mode: still uploading in the background
             inode.local = True
+        await self._readers_follow(inode)
+
+    async def _readers_follow(self, node: Inode) -> None:
+        """Read-only handles see what was written through this mount (POSIX): one
+        whose object we just replaced reads the new one from now on, instead of
+        failing its If-Match (EIO). Changes by other clients still give EIO rather
+        than a mix of two versions."""
+        for h in self.handles.values():
+            if h.inode is node and h.reader is not None and node.attr.etag \
+                    and h.reader.etag != node.attr.etag:
+                old = h.reader
+                h.reader = self.data.open_reader(self.ns.key_of(node), node.attr.size,
+                                                 node.attr.etag)
+                await old.close()
 
     # -- lookups and attributes ----------------------------------------------------
 
@@ -293,6 +307,7 @@ class Operations(pyfuse3.Operations):
                 # Nothing pending (an open file not written to, even if truncated to
                 # its own size): only a copy onto itself stores the metadata.
                 await self.ns.store_attr(node, new)
+                await self._readers_follow(node)
         finally:
             await self._release_held(held)
 
