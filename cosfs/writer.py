@@ -915,7 +915,12 @@ class WriteCache:
         Files still dirty stay journaled for the next ``recover()``."""
         await self.tasks.wait_idle()
         for f in [*self._open.values(), *self._idle.values()]:
-            self._forget(f)
+            try:
+                self._forget(f)
+            except OSError as exc:
+                # A failing cache disk must not stop the unmount half-way; strays
+                # are swept at the next start.
+                log.error("cannot tidy the staged copy of %r: %s", f.key, exc)
         self._open.clear()
         self._idle.clear()
         self.journal.close()
