@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import secrets
 import shutil
@@ -19,10 +20,10 @@ from .data import Pattern
 from .mounts import MOUNT_KINDS, MountEnv, missing_tools
 from .procs import machine_info
 from .raw import Endpoint
-from .runner import Runner
+from .runner import Runner, RunResult
 from .servers import CosServer, MotoServer, Server
 from .store import Store
-from .workloads import WORKLOAD_NAMES, Ctx, Sizes, make_workloads
+from .workloads import WORKLOAD_NAMES, Ctx, Metric, Sizes, make_workloads
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "bench-1250000000"  # valid both as COS NAME-APPID and as an S3 bucket name
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO / "bench-results",
                    help="directory for the JSON and PNG (default bench-results/)")
     p.add_argument("--chart", type=Path, help="also write the chart here")
+    p.add_argument("--markdown", type=Path, metavar="FILE",
+                   help="also write the table and targets as Markdown (for docs)")
+    p.add_argument("--render", type=Path, metavar="JSON",
+                   help="measure nothing: print, draw (and --markdown) a saved run")
     p.add_argument("--workdir", type=Path,
                    help="scratch directory (server data, mounts, caches; default a new "
                    "temporary directory, removed at the end)")
@@ -101,6 +106,8 @@ def _on_signal(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.render:
+        return render(args)
     sizes, repeat = resolve_sizes(args)
     missing = missing_tools(args.mounts)
     if missing:
@@ -157,7 +164,7 @@ def _bench(args: argparse.Namespace, sizes: Sizes, repeat: int, workdir: Path,
         return 1
     doc = _document(args, sizes, repeat, server, runner, workloads, started,
                     time.monotonic() - t0, interrupted, can_drop)
-    _output(args, doc, runner, workloads)
+    _output(args, doc, runner.results, report.all_metrics(workloads))
     return 130 if interrupted else 0
 
 
@@ -205,36 +212,54 @@ def _document(args: argparse.Namespace, sizes: Sizes, repeat: int, server: Serve
     }
 
 
-def _output(args: argparse.Namespace, doc: dict, runner: Runner, workloads: list) -> None:
-    metrics = report.all_metrics(workloads)
+def _output(args: argparse.Namespace, doc: dict, results: list[RunResult],
+            metrics: list[Metric], write_json: bool = True) -> None:
+    """Table to stdout; JSON, chart (and Markdown) next to it under --out."""
+    kinds = doc["mounts"]
     meds, targets = doc["medians"], doc["targets"]
     stamp = doc["started"].replace(":", "").replace("-", "").replace("+0000", "Z")
     base = args.out / f"bench-{doc['server']}-{stamp}"
-    report.write_json(base.with_suffix(".json"), doc)
+    if write_json:
+        report.write_json(base.with_suffix(".json"), doc)
+    if args.markdown:
+        heading = (f"{doc['server']}-server, {doc['sizes']['size_mb']} MiB file, median "
+                   f"of {doc['repeat']} runs, {doc['started']}, cosfs {doc['cosfs_revision']}")
+        args.markdown.write_text(report.markdown(meds, metrics, kinds, targets,
+                                                 doc["machine"], heading))
     m = doc["machine"]
     title = (f"cosfs vs s3fs-fuse vs rclone mount on {doc['server']}-server, "
              f"{doc['sizes']['size_mb']} MiB file, median of {doc['repeat']} "
              f"({m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, "
              f"Linux {m['kernel']})")
     charts = [base.with_suffix(".png")] + ([args.chart] if args.chart else [])
-    drawn = all(report.chart(c, meds, metrics, args.mounts, title) for c in charts)
+    drawn = all(report.chart(c, meds, metrics, kinds, title) for c in charts)
     print(f"\n{title}\n")
-    print(report.table(meds, metrics, args.mounts, targets))
+    print(report.table(meds, metrics, kinds, targets))
     print("\ntargets (cosfs):\n" + report.targets_text(targets))
-    if doc["cpu_s"]:
+    if doc.get("cpu_s"):
         print("\nCPU seconds during each run, mount / server (medians; the server's "
-              "include the harness's polling):\n" + report.cpu_text(doc["cpu_s"], args.mounts))
-    reqs = report.requests_text(runner.results, args.mounts)
+              "include the harness's polling):\n" + report.cpu_text(doc["cpu_s"], kinds))
+    reqs = report.requests_text(results, kinds)
     if reqs:
         print("\nrequests seen by the server (last run of each; harness's own "
               "polling removed):\n" + reqs)
-    errors = report.errors_text(runner.results)
+    errors = report.errors_text(results)
     if errors:
         print("\nfailed runs (not in the medians):\n" + errors)
     notes = [f"  [{r.workload} r{r.rep + 1} {r.mount}] {'; '.join(r.notes)}"
-             for r in runner.results if r.notes]
+             for r in results if r.notes]
     if notes:
         print("\nnotes:\n" + "\n".join(notes))
     print(f"\nJSON: {base.with_suffix('.json')}")
     print("chart: " + (", ".join(map(str, charts)) if drawn else
                        "not drawn (matplotlib missing: scripts/bench installs it)"))
+
+
+def render(args: argparse.Namespace) -> int:
+    """Print and draw a saved run again (e.g. for the docs) without measuring."""
+    doc = json.loads(args.render.read_text())
+    metrics = [Metric(k, v["label"], v["unit"], v["higher_is_better"])
+               for k, v in doc["metrics"].items()]
+    results = [RunResult(**r) for r in doc["runs"]]
+    _output(args, doc, results, metrics, write_json=False)
+    return 0

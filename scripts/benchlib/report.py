@@ -137,7 +137,8 @@ def _fmt(value: float | None) -> str:
 def _ratio(row: dict[str, float], peer: str) -> str:
     if "cosfs" not in row or not row.get(peer):
         return "-"
-    return f"{row['cosfs'] / row[peer]:.2f}x"
+    ratio = row["cosfs"] / row[peer]
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
 
 
 def table(m: Medians, metrics: list[Metric], kinds: list[str],
@@ -167,6 +168,36 @@ def table(m: Medians, metrics: list[Metric], kinds: list[str],
              for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def markdown(m: Medians, metrics: list[Metric], kinds: list[str], targets: list[dict],
+             machine: dict, heading: str) -> str:
+    """The table and the targets as Markdown, for docs/TUNING.md."""
+    peers = [p for p in PEERS if p in kinds] if "cosfs" in kinds else []
+    out = [heading, "", f"Machine: {machine['cpu_model']}, {machine['cores']} cores, "
+           f"{machine['memory_gib']} GiB memory, Linux {machine['kernel']}; "
+           f"{machine['s3fs']}; {machine['rclone']}.", "",
+           "| metric | unit | " + " | ".join(kinds) + " | "
+           + " | ".join(f"cosfs/{p}" for p in peers) + " |",
+           "|---|---|" + "---:|" * (len(kinds) + len(peers))]
+    for metric in metrics:
+        row = m.get(metric.key, {})
+        if not row:
+            continue
+        if "server" in row:
+            cells = [_fmt(row["server"]) + " (no mount)"] + [""] * (len(kinds) - 1)
+            ratios = [""] * len(peers)
+        else:
+            cells = [_fmt(row.get(k)) for k in kinds]
+            ratios = [_ratio(row, p) for p in peers]
+        out.append(f"| {metric.label.strip()} | {metric.unit} | " + " | ".join(cells)
+                   + " | " + " | ".join(ratios) + " |")
+    out += ["", "| target (cosfs) | value | basis | result |", "|---|---:|---|---|"]
+    for t in targets:
+        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        out.append(f"| {t['metric']} {t['target']} | {value} | {t['basis']} | "
+                   f"**{t['status']}** |")
+    return "\n".join(out) + "\n"
 
 
 def targets_text(targets: list[dict]) -> str:
