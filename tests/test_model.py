@@ -516,11 +516,22 @@ class FilesystemMachine(RuleBasedStateMachine):
         for path in files:
             self.check_server(self.model.files[path])
 
+    def remove_all(self) -> None:
+        """Clean the bucket for the next example, through the mount (rm -r), and
+        check that nothing is left on the server."""
+        import shutil
+
+        shutil.rmtree(self.root)
+        left = [o.key for p in self.env.client.iter_list(prefix=self.prefix + "/")
+                for o in p.contents]
+        assert left == [], f"rm -r left {left}"
+
     def teardown(self) -> None:
         try:
             self.close_all()
             self.check_all()
             self.check_server_tree()
+            self.remove_all()
             self.env.unclean = False
         except BaseException:
             print(f"mount log of {self.prefix}:\n{self.env.problems(self.log_start)}")
