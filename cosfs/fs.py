@@ -356,8 +356,11 @@ class Operations(pyfuse3.Operations):
         if state[1] is None or start_id == 0:
             state[1] = await self.ns.list_dir(state[0])
         entries = state[1]
+        parent = self.ns.get(state[0])
         for i in range(start_id, len(entries)):
             name, inode = entries[i]
+            # Listed earlier, perhaps forgotten by the kernel since: bind it again.
+            inode = self.ns.rebind(parent, name, inode)
             if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"),
                                          self.entry(inode), i + 1):
                 return

@@ -348,12 +348,12 @@ class Namespace:
         if listing is None:
             listing = await self._fetch_listing(parent)
         entries = sorted(listing.entries.values(), key=lambda e: e.name.encode())
-        await self._fill_attrs(parent, entries)
+        bound = await self._fill_attrs(parent, entries)
         result = []
         for e in entries:
-            child = self.inodes.get(self.children.get((ino, e.name), -1))
-            if child is not None:
-                result.append((e.name, child))
+            inode = bound.get(e.name)
+            if inode is not None:  # None: deleted since the listing
+                result.append((e.name, self.rebind(parent, e.name, inode)))
         # New files not yet uploaded are part of the directory too.
         listed = {n for n, _ in result}
         for (p, name), cino in list(self.children.items()):
@@ -391,9 +391,22 @@ class Namespace:
             return inode.is_dir()
         return not inode.is_dir() and meta.same_object(inode.attr, e.info)
 
-    async def _fill_attrs(self, parent: Inode, entries: Iterable[DirEntry]) -> None:
+    def rebind(self, parent: Inode, name: str, inode: Inode) -> Inode:
+        """The inode ``name`` is bound to now: ``inode`` again if the kernel forgot it
+        while we awaited (its FORGET runs between our awaits), unless another inode
+        took the name meanwhile."""
+        ino = self.children.get((parent.ino, name))
+        if ino is not None and ino in self.inodes:
+            return self.inodes[ino]
+        self.inodes[inode.ino] = inode
+        self.children[(parent.ino, name)] = inode.ino
+        return inode
+
+    async def _fill_attrs(self, parent: Inode, entries: Iterable[DirEntry]) -> dict[str, Inode]:
         """Bind every entry to an inode with full attributes, HEADing in parallel only
-        what neither a live inode nor the attribute cache can tell."""
+        what neither a live inode nor the attribute cache can tell. Returns the inode
+        of every entry still there (the caller re-binds any forgotten meanwhile)."""
+        bound: dict[str, Inode] = {}
         todo: list[DirEntry] = []
         for e in entries:
             ino = self.children.get((parent.ino, e.name))
@@ -401,15 +414,17 @@ class Namespace:
             if inode is not None and self._still_valid(inode, e):
                 # The listing is a fresh look at the server: unchanged means valid.
                 inode.expires = self._expiry()
+                bound[e.name] = inode
                 continue
             if e.info is not None:
                 cached = self.object_attrs.get(e.info.key)
                 if cached is not None and meta.same_object(cached[1], e.info):
-                    self._attach(parent, e.name, replace(cached[1], size=e.info.size))
+                    bound[e.name] = self._attach(parent, e.name,
+                                                 replace(cached[1], size=e.info.size))
                     continue
             todo.append(e)
         if not todo:
-            return
+            return bound
         base = self.key_of(parent)
         limit = trio.CapacityLimiter(self.tuning.head_parallel)
 
@@ -418,7 +433,8 @@ class Namespace:
                 key = names.child_key(base, e.name)
                 if e.is_dir:
                     attr = await self._dir_attr(key)
-                    self._attach(parent, e.name, attr, has_marker=bool(attr.etag))
+                    bound[e.name] = self._attach(parent, e.name, attr,
+                                                 has_marker=bool(attr.etag))
                     return
                 try:
                     info = await self.aclient.head_object(key)
@@ -426,11 +442,12 @@ class Namespace:
                     if exc.status != 404:
                         raise
                     return  # deleted since the listing
-                self._attach(parent, e.name, self._file_attr(info))
+                bound[e.name] = self._attach(parent, e.name, self._file_attr(info))
 
         async with trio.open_nursery() as nursery:
             for e in todo:
                 nursery.start_soon(fill, e)
+        return bound
 
     # -- creating ------------------------------------------------------------------
 
