@@ -141,7 +141,8 @@ def _bench(args: argparse.Namespace, sizes: Sizes, repeat: int, workdir: Path,
     try:
         store = Store(server.url, BUCKET, key_id, secret)
         server.create_bucket(store)
-        endpoint = Endpoint(server.url, BUCKET, key_id, secret)
+        endpoint = Endpoint(server.url, BUCKET, key_id, secret,
+                            "cos" if server.native_cos else "s3")
         ctx = Ctx(store, endpoint, sizes, workdir, Pattern(seed=20240601))
         menv = MountEnv(server.url, BUCKET, key_id, secret, workdir,
                         cosfs_sigv4=not server.native_cos,

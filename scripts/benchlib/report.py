@@ -280,6 +280,8 @@ def chart(path: Path, m: Medians, metrics: list[Metric], kinds: list[str],
     except ImportError:
         return False
     shown = [x for x in metrics if m.get(x.key) and "server" not in m[x.key]]
+    if not shown:  # only the ceilings were measured: nothing to compare
+        return True
     cols = 4
     rows = -(-len(shown) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)

@@ -140,7 +140,7 @@ class Raw(Workload):
         many = raw.get_ranges(ctx.endpoint, SRC_KEY, size, streams)
         put_key = f"rawput/{tag}.bin"
         try:
-            put = raw.put_multipart(ctx.endpoint, ctx.store, put_key, ctx.big_local, streams)
+            put = raw.put_multipart(ctx.endpoint, put_key, ctx.big_local, streams)
             if ctx.store.size(put_key) != size:
                 raise RuntimeError("the raw multipart upload has the wrong size")
         finally:
