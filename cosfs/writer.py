@@ -946,14 +946,35 @@ class WriteCache:
 
     async def _abort_known_uploads(self, report: RecoveryReport) -> None:
         for up in self.journal.uploads():
+            if await self._abort_upload(up.key, up.upload_id, report):
+                self.journal.remove_upload(up.upload_id)
+        await self._abort_unrecorded_uploads(report)
+
+    async def _abort_upload(self, key: str, upload_id: str, report: RecoveryReport) -> bool:
+        """Abort one upload; False when it may still be there (to retry next time)."""
+        try:
+            await self.client.abort_multipart_upload(key, upload_id)
+            report.aborted_uploads += 1
+        except CosError as exc:
+            if exc.status != 404:
+                log.warning("aborting upload of %r failed: %s", key, exc)
+                return False
+        return True
+
+    async def _abort_unrecorded_uploads(self, report: RecoveryReport) -> None:
+        """A mount killed after Initiate Multipart answered but before the journal
+        recorded the upload id leaves an upload nobody knows of. Every key with
+        staged data is one the dead mount may have been uploading: its in-progress
+        uploads (exactly that key) are ours to abort, before any new one starts."""
+        for key in sorted({rec.key for rec in self.journal.files()}):
             try:
-                await self.client.abort_multipart_upload(up.key, up.upload_id)
-                report.aborted_uploads += 1
+                uploads = await self.client.list_multipart_uploads(prefix=key)
             except CosError as exc:
-                if exc.status != 404:
-                    log.warning("aborting upload of %r failed: %s", up.key, exc)
-                    continue
-            self.journal.remove_upload(up.upload_id)
+                log.warning("listing multipart uploads of %r failed: %s", key, exc)
+                continue
+            for up in uploads:
+                if up.key == key:
+                    await self._abort_upload(up.key, up.upload_id, report)
 
     async def _abort_stale_uploads(self, report: RecoveryReport) -> None:
         cutoff = time.time() - self.tuning.stale_upload_age
@@ -964,9 +985,7 @@ class WriteCache:
             return
         for up in uploads:
             if up.initiated < cutoff:
-                with contextlib.suppress(CosError):
-                    await self.client.abort_multipart_upload(up.key, up.upload_id)
-                    report.aborted_uploads += 1
+                await self._abort_upload(up.key, up.upload_id, report)
 
     async def _recover_file(self, rec: StagedRecord, report: RecoveryReport) -> None:
         dm = ExtentLog.replay(self.staging_dir / f"{rec.name}.log", rec.base_size)
