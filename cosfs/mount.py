@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import mimetypes
 import os
+import re
 import shutil
 import signal
 import stat
@@ -157,6 +158,8 @@ def _check_mountpoint(path: Path, nonempty: bool) -> None:
 
 def describe_bucket_error(exc: CosError, config: CosConfig) -> str:
     endpoint = config.endpoint or f"https://{config.bucket}.cos.{config.region}.myqcloud.com"
+    if exc.code == "SSLError":
+        return _describe_tls(endpoint, exc.message or "", config.ca_bundle)
     if exc.status == 0:
         return f"cannot reach {endpoint}: {exc.message or exc.code}"
     if exc.code in ("SignatureDoesNotMatch", "InvalidAccessKeyId"):
@@ -167,6 +170,21 @@ def describe_bucket_error(exc: CosError, config: CosConfig) -> str:
     if exc.status == 404:
         return f"bucket {config.bucket} does not exist at {endpoint}"
     return f"bucket {config.bucket} at {endpoint} answered {exc.status} {exc.code}"
+
+
+def _describe_tls(endpoint: str, detail: str, ca_bundle: str | None) -> str:
+    """The reason OpenSSL gave, without the HTTP library's retry wrapper around it,
+    and what to do about an untrusted certificate."""
+    verify = re.search(r"certificate verify failed: (.+?)\s*\(_ssl", detail)
+    if verify:
+        hint = "" if ca_bundle else " (for a private CA use -o ca_bundle=FILE)"
+        return (f"TLS certificate of {endpoint} not trusted: certificate verify failed: "
+                f"{verify.group(1)}{hint}")
+    reason = re.search(r"\] (.+?)\s*\(_ssl", detail)
+    text = reason.group(1) if reason else detail
+    if ca_bundle and "certificate" in text:
+        return f"cannot use ca_bundle {ca_bundle}: {text}"
+    return f"TLS with {endpoint} failed: {text}"
 
 
 def _check_bucket(client: CosClient) -> None:

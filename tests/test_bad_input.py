@@ -122,7 +122,9 @@ def test_tls_certificate_not_trusted(bucket, mp, tls) -> None:
     the certificate (not "cannot connect", which sends people to the firewall)."""
     proc = cosfs(bucket, str(mp), "-o", f"url={tls.url}")
     refused("HTTPS endpoint with an untrusted certificate", proc,
-            "certificate verify failed")
+            f"TLS certificate of {tls.url} not trusted: certificate verify failed: "
+            "unable to get local issuer certificate (for a private CA use "
+            "-o ca_bundle=FILE)")
     assert tls.handshake_failures >= 1
 
 
@@ -130,7 +132,8 @@ def test_ca_bundle_that_is_not_a_certificate(bucket, mp, tls, tmp_path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate\n")
     proc = cosfs(bucket, str(mp), "-o", f"url={tls.url},ca_bundle={junk}")
-    refused("ca_bundle that is not a certificate", proc, "cannot reach")
+    refused("ca_bundle that is not a certificate", proc,
+            f"cannot use ca_bundle {junk}: no certificate or crl found")
 
 
 # -- the cache directory ---------------------------------------------------------------
