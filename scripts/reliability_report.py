@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -37,10 +38,23 @@ def load(directory: Path, section: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# What differs from run to run (temporary directories, ports, generated bucket
+# names) would make the tables churn and name this machine's paths: neutralise it.
+_VOLATILE = [(re.compile(r"/tmp(?:/[^\s/'\"]+)*/([^\s/'\"]+)"), r"DIR/\1"),
+             (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:PORT"),
+             (re.compile(r"\bt\d+-\d+-(\d+)\b"), r"BUCKET-\1")]
+
+
+def clean(cell: object) -> str:
+    text = str(cell)
+    for pattern, replacement in _VOLATILE:
+        text = pattern.sub(replacement, text)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r)
-              + " |" for r in rows]
+    lines += ["| " + " | ".join(clean(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -65,8 +79,8 @@ def model_table(rows: list[dict]) -> str:
                          f"{r['examples']} sequences, {r['steps']} operations "
                          f"(budget {r['max_examples']} x {r['step_count']})",
                          r.get("failures", 0),
-                         f"{r.get('orphan_read_errors', 0)} reads of unlinked open files "
-                         "failed (known limit)"])
+                         f"{r.get('orphan_read_errors', 0)} reads through a handle of a "
+                         "file renamed over while open failed (known limit)"])
         else:
             body.append([f"{r['workers']} concurrent workers, {r['seconds']} s",
                          f"{r['operations']} operations, {r['shared_writes']} whole-file "
