@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     if not can_drop:
         print("bench: not root: the page cache cannot be dropped (reads may be warm)",
               file=sys.stderr)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    # SIGINT too: a shell starts background jobs with it ignored, and Python then
+    # leaves it ignored; every one of these must unmount before we go.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cosfs-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
