@@ -195,10 +195,12 @@ def test_killed_mount_uploads_accepted_writes_on_remount(mounter, cos_server, cl
 
 def test_faults_through_the_mount_keep_data_identical(mounter, fresh_server) -> None:
     client = make_client(fresh_server, fresh_server.bucket)
-    data = random.randbytes(10 * MiB + 3)
+    # About 30 requests at a 20% error rate: the chance that none fails (and the
+    # test proves nothing) is about 0.1%.
+    data = random.randbytes(20 * MiB + 3)
     m = mounter(["multipart_size=1", "retries=10"], server=fresh_server,
                 bucket_name=fresh_server.bucket)
-    fresh_server.set_faults("*", error_rate=0.1)
+    fresh_server.set_faults("*", error_rate=0.2)
     (m.path / "f.bin").write_bytes(data)
     m.remount()
     assert md5((m.path / "f.bin").read_bytes()) == md5(data)
