@@ -166,6 +166,27 @@ def sdk(cos_server: ServerProcess):
     return make_sdk_client(cos_server)
 
 
+# -- TLS -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate it signed (made with openssl)."""
+    from reliability_util import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls(cos_server: ServerProcess, certs: tuple[Path, Path, Path]) -> Iterator:
+    """A TLS front for the session server, with the certificate of ``certs``."""
+    from reliability_util import TlsProxy
+
+    proxy = TlsProxy(cos_server.port, certs[1], certs[2])
+    yield proxy
+    proxy.close()
+
+
 # -- FUSE mounts -------------------------------------------------------------
 
 

@@ -9,12 +9,11 @@ import errno
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import SECRET_ID, SECRET_KEY, _env, make_client
-from reliability_util import TlsProxy, make_certs, record
+from reliability_util import record
 from test_mount_cli import cosfs, one_line_error
 
 from cosfs.ranges import PartLayout
@@ -103,18 +102,6 @@ def test_bad_passwd_files(cos_server, bucket, mp, tmp_path, content, fragment) -
 
 
 # -- endpoints ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> tuple[Path, Path, Path]:
-    return make_certs(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def tls(cos_server, certs) -> Iterator[TlsProxy]:
-    proxy = TlsProxy(cos_server.port, certs[1], certs[2])
-    yield proxy
-    proxy.close()
 
 
 def test_tls_certificate_not_trusted(bucket, mp, tls) -> None:

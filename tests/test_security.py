@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import SECRET_ID, SECRET_KEY, Mount, _env, is_mounted, make_client
-from reliability_util import TlsProxy, make_certs, record
+from reliability_util import record
 from test_mount_cli import cosfs, one_line_error
 
 TOKEN = "cosfsTestSessionToken0000000000000000000000"
@@ -144,18 +144,6 @@ def children(pid: int) -> list[int]:
 
 
 # -- TLS and plain HTTP -----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> tuple[Path, Path, Path]:
-    return make_certs(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def tls(cos_server, certs) -> Iterator[TlsProxy]:
-    proxy = TlsProxy(cos_server.port, certs[1], certs[2])
-    yield proxy
-    proxy.close()
 
 
 def test_ca_bundle_makes_a_private_ca_work(mounter, cos_server, bucket, tls, certs) -> None:
