@@ -125,7 +125,9 @@ class Operations(pyfuse3.Operations):
         node = self.ns.inodes.get(f.ino)
         if node is not None:
             self.ns.uploaded(node, info)
-            node.local = f.dirty
+            if f.dirty:  # changed again since that upload began: the cache is newer
+                node.attr.size = f.size
+                node.local = True
 
     # -- helpers -----------------------------------------------------------------
 
@@ -430,7 +432,14 @@ class Operations(pyfuse3.Operations):
         the next mount, bringing a deleted or renamed file back."""
         ino = self.ns.children.get((parent_inode, name))
         top = self.ns.inodes.get(ino) if ino is not None else None
-        return [] if top is None else await self._hold_below(top)
+        if top is None:
+            return []
+        held = await self._hold_below(top)
+        # A write-back upload still in flight would land after what follows (the
+        # DELETE of an unlink, the copy of a rename) and undo it: let it finish.
+        for staged_ino in self._staged_below(top):
+            await self.staged[staged_ino][0].wait_background()
+        return held
 
     async def _hold_below(self, top: Inode) -> list[Inode]:
         """:meth:`_hold_unsent` for ``top`` and everything below it."""

@@ -229,8 +229,10 @@ class ExtentLog:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
-        self.close()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        # Swap, then close: the descriptor is never -1 in between.
+        old, self._fd = self._fd, os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        if old >= 0:
+            os.close(old)
         self.records = len(records)
 
     def clear(self) -> None:

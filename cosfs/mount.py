@@ -293,10 +293,6 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
     mp_mode = 0o777 & ~int(p.args.mp_umask)  # type: ignore[call-overload]
     ns.inodes[1].attr.mode = stat.S_IFDIR | mp_mode
     data = DataPath(aclient, p.cache_dir, p.data_tuning)
-    if p.data_tuning.writeback:
-        log.warning("-o writeback is experimental: a file renamed soon after close() can "
-                    "end up empty on the server (known bug); leave it off for data you "
-                    "cannot lose")
     report = await data.cache.recover()
     if report:
         log.warning("recovery: %s", report)

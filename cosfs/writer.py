@@ -159,6 +159,8 @@ class StagedFile:
         self._early_idle = trio.Event()
         self._early_idle.set()
         self._flushing = False
+        # Metadata changed while an upload carried the older one: upload again.
+        self._meta_stale = False
         self._writeback: trio.Event | None = None  # set when the background upload ends
         self._error: OSError | None = None  # a background upload's failure, reported once
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -207,7 +209,8 @@ class StagedFile:
     @property
     def dirty(self) -> bool:
         """True while the staged bytes are not (known to be) the object's."""
-        return not self._discarded and (self._base is None or self._map.changed)
+        return not self._discarded and (self._base is None or self._map.changed
+                                         or self._meta_stale)
 
     @property
     def busy(self) -> bool:
@@ -378,7 +381,10 @@ class StagedFile:
         self._raise_background_error()
         if self._t.writeback:
             if self.dirty:
-                await trio.to_thread.run_sync(self._sync_locally)
+                # Under the lock: a finishing upload rewrites the extent log (new
+                # descriptor) and writes use both files.
+                async with self._lock:
+                    await trio.to_thread.run_sync(self._sync_locally)
                 self._cache.journal.sync()
                 self._start_writeback()
             return None
@@ -392,6 +398,12 @@ class StagedFile:
             await self._writeback.wait()
         self._raise_background_error()
         return await self._upload()
+
+    async def wait_background(self) -> None:
+        """Wait until no write-back upload is in flight (its failure, if any, is
+        still reported by the next flush or fsync)."""
+        if self._writeback is not None:
+            await self._writeback.wait()
 
     def discard(self) -> None:
         """The file was unlinked: never upload it; forget it at the last release."""
@@ -449,6 +461,7 @@ class StagedFile:
             if not self.dirty:
                 return None
             size, key = self.size, self._key
+            sent_meta = (dict(self.metadata), self.content_type)
             self._since = DirtyMap(size)
             progress = UploadProgress(key, size)
             self._cache.progress.append(progress)
@@ -459,6 +472,9 @@ class StagedFile:
                 raise
             finally:
                 self._cache.progress.remove(progress)
+            # Every upload reads the metadata at or after ``sent_meta`` was taken, so
+            # a difference now means a change the object may lack.
+            self._meta_stale = (self.metadata, self.content_type) != sent_meta
             await self._rebase(info)
             return info
 
@@ -762,12 +778,16 @@ class WriteCache:
     """The staging cache of one mount: staged files by inode, the journal, the
     background uploads and the space limit.
 
-    Invariants: an inode has at most one StagedFile; ``_open`` holds those with
-    open handles (``refs > 0``), ``_idle`` released ones kept for reuse, least
-    recently used first (dirty ones, whose upload failed, are never evicted and
-    stay journaled for ``recover()``); ``used`` is the disk space of all staging
-    files. Concurrency: trio thread only; one process per cache directory (an
-    exclusive lock file guards it).
+    Invariants: an inode has at most one StagedFile, found in exactly one of
+    ``_open`` (open handles, ``refs > 0``), ``_background`` (released, a write-back
+    or early-part upload still running) and ``_idle`` (released and quiet, kept for
+    reuse, least recently used first; dirty ones, whose upload failed, are never
+    evicted and stay journaled for ``recover()``). Reopening an inode takes its
+    file from wherever it is: a second copy would upload stale or empty data over
+    the first. ``used`` is the disk space of all staging files.
+
+    Concurrency: trio thread only; one process per cache directory (an exclusive
+    lock file guards it).
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], aclient: Any,
@@ -796,6 +816,7 @@ class WriteCache:
         # ObjectInfo no flush() returned: ``on_upload(staged_file, info)``.
         self.on_upload: Callable[[StagedFile, ObjectInfo], None] | None = None
         self._open: dict[int, StagedFile] = {}
+        self._background: dict[int, StagedFile] = {}
         self._idle: OrderedDict[int, StagedFile] = OrderedDict()
 
     # -- staged files ------------------------------------------------------------------
@@ -823,11 +844,20 @@ class WriteCache:
         return f
 
     def _reuse(self, ino: int, key: str, base: ObjectInfo | None) -> StagedFile | None:
+        f = self._background.pop(ino, None)
+        if f is not None:
+            # Still uploading: it is the inode's newest data, whatever ``base`` says
+            # (the upload may not have told the namespace of the new object yet).
+            f.key = key
+            return f
         f = self._idle.pop(ino, None)
         if f is None:
             return None
+        # A copy made by a rename has the same ETag under another key: the staged
+        # file's base may be the deleted source.
         same = f.key == key and (f.dirty or (
-            base is not None and f.base is not None and f.base.etag == base.etag))
+            base is not None and f.base is not None
+            and (f.base.key, f.base.etag) == (base.key, base.etag)))
         if same:
             return f
         self._forget(f)
@@ -846,8 +876,13 @@ class WriteCache:
 
     def settle(self, f: StagedFile) -> None:
         """Decide what becomes of a released file once no background work uses it."""
-        if f.refs > 0 or f.busy or self._open.get(f.ino) is f or f._fd < 0:
+        if f.refs > 0 or self._open.get(f.ino) is f or f._fd < 0:
             return
+        if f.busy:
+            self._background[f.ino] = f
+            return
+        if self._background.get(f.ino) is f:
+            del self._background[f.ino]
         if f._discarded:
             f.close(remove=True)
             return
@@ -869,6 +904,9 @@ class WriteCache:
         for f in clean[:max(0, len(clean) - keep)]:
             del self._idle[f.ino]
             f.close(remove=True)
+
+    def _files(self) -> list[StagedFile]:
+        return [*self._open.values(), *self._background.values(), *self._idle.values()]
 
     # -- space -------------------------------------------------------------------------
     def reserve(self, n: int) -> None:
@@ -894,7 +932,7 @@ class WriteCache:
     def status(self) -> dict[str, Any]:
         """Uploads in progress and cache use, for ``cosfs status``."""
         st = os.statvfs(self.dir)
-        files = [*self._open.values(), *self._idle.values()]
+        files = self._files()
         return {
             "cache_dir": str(self.dir),
             "used_bytes": self.used,
@@ -914,7 +952,7 @@ class WriteCache:
         """Clean unmount: wait for background uploads, then close everything.
         Files still dirty stay journaled for the next ``recover()``."""
         await self.tasks.wait_idle()
-        for f in [*self._open.values(), *self._idle.values()]:
+        for f in self._files():
             try:
                 self._forget(f)
             except OSError as exc:
@@ -922,6 +960,7 @@ class WriteCache:
                 # are swept at the next start.
                 log.error("cannot tidy the staged copy of %r: %s", f.key, exc)
         self._open.clear()
+        self._background.clear()
         self._idle.clear()
         self.journal.close()
         os.close(self._lock_fd)
@@ -1084,7 +1123,7 @@ class WriteCache:
     def _remove_strays(self) -> None:
         """Delete staging files no journal row or staged file refers to."""
         keep = {r.name for r in self.journal.files()}
-        keep |= {f.name for f in [*self._open.values(), *self._idle.values()]}
+        keep |= {f.name for f in self._files()}
         for path in self.staging_dir.iterdir():
             if re.sub(r"\.log(\.new)?$", "", path.name) not in keep:
                 path.unlink()

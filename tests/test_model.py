@@ -14,6 +14,7 @@ import errno
 import itertools
 import os
 import stat
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from reliability_util import record
+
+from cosfs.cos import CosError
 
 # A small pool of names makes operations collide: rename over an existing file,
 # mkdir of a taken name, rmdir of a non-empty directory...
@@ -137,9 +140,12 @@ def read_all(fd: int) -> bytes:
 class Env:
     """The mount, the client and counters shared by every example of a run."""
 
-    def __init__(self, mount: Mount, client) -> None:
+    def __init__(self, mount: Mount, client, settle: float = 0.0) -> None:
         self.mount = mount
         self.client = client
+        # Write-back mounts upload after close() returned: how long the server may
+        # take to hold what close() accepted.
+        self.settle = settle
         self.examples = 0
         self.steps = 0
         self.unclean = False
@@ -197,8 +203,18 @@ class FilesystemMachine(RuleBasedStateMachine):
         path = self.model.linked(fid)
         if path is None:
             return
-        got = self.env.client.get_object(self.key(path))
         want = bytes(self.model.contents[fid].data)
+        deadline = time.monotonic() + self.env.settle
+        while True:
+            try:
+                got = self.env.client.get_object(self.key(path))
+            except CosError:
+                if time.monotonic() >= deadline:
+                    raise
+                got = None
+            if got == want or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         assert got == want, f"server copy of {path}: {len(got)} bytes, want {len(want)}"
 
     def check_file(self, path: str) -> None:
@@ -568,23 +584,40 @@ def _run_machine(env: Env, max_examples: int, steps: int) -> None:
                          "orphan_read_errors": env.orphan_read_errors})
 
 
-@pytest.fixture(scope="module")
-def model_env(cos_server, tmp_path_factory) -> Iterator[Env]:
-    name = f"model-{os.getpid()}-{APPID}"
+def _model_env(cos_server, tmp_path_factory, options: list[str],
+               settle: float) -> Iterator[Env]:
+    name = f"model-{'-'.join(options[1:]) or 'x'}-{os.getpid()}-{APPID}"
     cos_server.create_bucket(name)
     base = tmp_path_factory.mktemp("model")
     mp = base / "mnt"
     mp.mkdir()
-    m = Mount(cos_server, name, mp, base / "cache", ["multipart_size=1"]).start()
-    yield Env(m, make_client(cos_server, name))
+    m = Mount(cos_server, name, mp, base / "cache", options).start()
+    yield Env(m, make_client(cos_server, name), settle)
     try:
         m.unmount()
     except Exception:
         m.kill()
 
 
+@pytest.fixture(scope="module")
+def model_env(cos_server, tmp_path_factory) -> Iterator[Env]:
+    yield from _model_env(cos_server, tmp_path_factory, ["multipart_size=1"], 0.0)
+
+
+@pytest.fixture(scope="module")
+def writeback_env(cos_server, tmp_path_factory) -> Iterator[Env]:
+    yield from _model_env(cos_server, tmp_path_factory, ["multipart_size=1", "writeback"],
+                          10.0)
+
+
 def test_model_small(model_env: Env) -> None:
     _run_machine(model_env, max_examples=15, steps=25)
+
+
+def test_model_writeback(writeback_env: Env) -> None:
+    """The same model on a write-back mount: close() returns before the upload, so
+    the server is checked once the upload had time to land."""
+    _run_machine(writeback_env, max_examples=15, steps=25)
 
 
 @pytest.mark.slow
@@ -815,6 +848,10 @@ def check_workers(env: Env, root: Path, crew: list[Worker], writes: list[Write])
 
 def test_concurrent_workers_short(model_env: Env) -> None:
     run_workers(model_env, workers=16, seconds=8)
+
+
+def test_concurrent_workers_writeback(writeback_env: Env) -> None:
+    run_workers(writeback_env, workers=16, seconds=8)
 
 
 @pytest.mark.slow

@@ -412,9 +412,9 @@ def test_unlinked_file_stays_readable_through_open_handles(mounter, cos_server, 
         make_client(cos_server, bucket).head_object("f")
 
 
-@pytest.mark.xfail(reason="known bug: with -o writeback a file renamed right after close() "
-                   "can end up empty on the server")
-def test_writeback_rename_after_close_keeps_data(mounter, cos_server, bucket):
+def test_writeback_rename_after_close_keeps_data(mounter, cos_server, bucket, sdk):
+    """rsync's pattern in write-back mode: the upload of each temporary file is
+    still running when it is utime'd, chmod'ed and renamed."""
     m = mounter(["writeback"])
     (m.path / "d").mkdir()
     for i in range(40):
@@ -427,5 +427,33 @@ def test_writeback_rename_after_close_keeps_data(mounter, cos_server, bucket):
         os.rename(tmp, m.path / "d" / f"f{i}")
     assert m.unmount() == 0
     client = make_client(cos_server, bucket)
-    sizes = {o.key: o.size for page in client.iter_list(prefix="d/f") for o in page.contents}
-    assert sizes == {f"d/f{i}": 12000 for i in range(40)}
+    sizes = {o.key: o.size for page in client.iter_list(prefix="d/") for o in page.contents}
+    assert sizes == {"d/": 0, **{f"d/f{i}": 12000 for i in range(40)}}  # no stray .t*
+    for i in range(40):
+        h = sdk_head(sdk, bucket, f"d/f{i}")
+        assert (h["x-cos-meta-mode"], h["x-cos-meta-mtime"]) == (str(0o100644), "1500000000")
+        assert sdk_get(sdk, bucket, f"d/f{i}") == b"x" * 12000
+
+
+def test_writeback_unlink_and_replace_right_after_close(mounter, cos_server, bucket, sdk):
+    """An upload still running in the background must not land after the unlink or
+    rename that follows it (a deleted file coming back, a replaced one reverting)."""
+    m = mounter(["writeback"])
+    expected = {}
+    for i in range(30):
+        data = os.urandom(100_000)
+        done = subprocess.run(["sh", "-c", f"head -c 100000 > f.tmp && mv f.tmp f{i % 3}"],
+                              cwd=m.path, input=data, capture_output=True)
+        assert done.returncode == 0, (i, done.stderr, m.log()[-5000:])
+        expected[f"f{i % 3}"] = data
+        gone = m.path / f"gone{i}"
+        gone.write_bytes(data)
+        gone.unlink()
+    for name, data in expected.items():
+        assert (m.path / name).read_bytes() == data
+    assert m.unmount() == 0
+    client = make_client(cos_server, bucket)
+    keys = {o.key for page in client.iter_list() for o in page.contents}
+    assert keys == set(expected)
+    for name, data in expected.items():
+        assert sdk_get(sdk, bucket, name) == data
