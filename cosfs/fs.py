@@ -13,13 +13,14 @@ Concurrency
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -116,6 +117,11 @@ class Operations(pyfuse3.Operations):
         self.staged: dict[int, tuple[Any, int]] = {}
         # Unlinked inodes still open: their staged copy is held until the last close.
         self.orphans: set[int] = set()
+        # Names an unlink or rename is removing or replacing, and the inodes they
+        # name: lookups of those names and opens of those inodes wait for the end
+        # (see _replacing).
+        self._busy_names: dict[tuple[int, str], trio.Event] = {}
+        self._busy_inodes: dict[int, trio.Event] = {}
         self._next_fh = 1
         self.stats = {"errors": 0}
         # Write-back uploads end after flush() returned: record what they produced.
@@ -243,6 +249,8 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
         text = names.decode_name(name)
+        while (busy := self._busy_names.get((parent_inode, text))) is not None:
+            await busy.wait()
         try:
             inode = await self.ns.lookup(parent_inode, text)
         except OSError as exc:
@@ -396,26 +404,57 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         self._writable()
         text = names.decode_name(name)
-        held = await self._hold_unsent(parent_inode, text)
-        try:
-            await self._keep_open_data(parent_inode, text)
-            inode = await self.ns.unlink(parent_inode, text)
-            staged = self.staged.get(inode.ino)
-            if staged is not None:
-                staged[0].discard()  # never uploaded, nor recovered after a crash
-        finally:
-            await self._release_held(held)
+        async with self._replacing((parent_inode, text)):
+            held = await self._hold_unsent(parent_inode, text)
+            try:
+                await self._keep_open_data(parent_inode, text)
+                inode = await self.ns.unlink(parent_inode, text)
+                staged = self.staged.get(inode.ino)
+                if staged is not None:
+                    staged[0].discard()  # never uploaded, nor recovered after a crash
+            finally:
+                await self._release_held(held)
         self._kernel_forget_name(parent_inode, text)
 
-    async def _keep_open_data(self, parent_inode: int, name: str) -> None:
+    @contextlib.asynccontextmanager
+    async def _replacing(self, *names_: tuple[int, str]) -> AsyncIterator[None]:
+        """Mark names whose object is about to be deleted or overwritten.
+
+        POSIX makes unlink and rename atomic; here they take requests (a copy, a
+        DELETE). An open of the old inode that slipped in between would read the
+        object as it goes away (EIO): opens of the inodes so named wait, then get
+        ESTALE if their name went (the kernel looks the name up again); lookups of
+        the names wait and find what is there afterwards; a second unlink or rename
+        of the same name waits for the first.
+        """
+        while busy := [self._busy_names[n] for n in names_ if n in self._busy_names]:
+            await busy[0].wait()
+        done = trio.Event()
+        inodes = {ino for n in names_ if (ino := self.ns.children.get(n)) is not None}
+        for n in names_:
+            self._busy_names[n] = done
+        for ino in inodes:
+            self._busy_inodes[ino] = done
+        try:
+            yield
+        finally:
+            for n in names_:
+                del self._busy_names[n]
+            for ino in inodes:
+                if self._busy_inodes.get(ino) is done:
+                    del self._busy_inodes[ino]
+            done.set()
+
+    async def _keep_open_data(self, parent_inode: int, name: str) -> Inode | None:
         """POSIX: an unlinked file stays readable through the handles open on it. The
         object is about to be deleted, so its bytes move into the staged copy first
-        (reads of any handle of the inode go there), held until the last close."""
+        (reads of any handle of the inode go there), held until the last close.
+        Returns the inode so held, if any."""
         ino = self.ns.children.get((parent_inode, name))
         node = self.ns.inodes.get(ino) if ino is not None else None
         if node is None or node.opens <= 0 or node.is_dir() or not node.attr.etag \
                 or node.ino in self.orphans:
-            return
+            return None
         f = await self._stage(node)
         try:
             await f.make_local()
@@ -423,6 +462,7 @@ class Operations(pyfuse3.Operations):
             await self._unstage(node)
             raise
         self.orphans.add(node.ino)
+        return node
 
     async def _hold_unsent(self, parent_inode: int, name: str) -> list[Inode]:
         """Stage the files at or below ``name`` whose data waits in the cache because
@@ -473,7 +513,11 @@ class Operations(pyfuse3.Operations):
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         old = names.decode_name(name_old)
         new = names.decode_name(name_new)
+        async with self._replacing((parent_inode_old, old), (parent_inode_new, new)):
+            await self._rename(parent_inode_old, old, parent_inode_new, new, flags)
 
+    async def _rename(self, parent_inode_old: int, old: str, parent_inode_new: int,
+                      new: str, flags: int) -> None:
         moved: dict[int, str] = {}  # open inode -> its key before the rename
 
         async def flush_first(src: Inode) -> None:
@@ -486,9 +530,20 @@ class Operations(pyfuse3.Operations):
         held = await self._hold_unsent(parent_inode_old, old)
         held += await self._hold_unsent(parent_inode_new, new)
         try:
-            src, replaced = await self.ns.rename(
-                parent_inode_old, old, parent_inode_new, new,
-                noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE), before_copy=flush_first)
+            # A file renamed over stays readable through its open handles, like an
+            # unlinked one: its bytes move into the cache before the object goes.
+            kept = None if flags & pyfuse3.RENAME_NOREPLACE else \
+                await self._keep_open_data(parent_inode_new, new)
+            try:
+                src, replaced = await self.ns.rename(
+                    parent_inode_old, old, parent_inode_new, new,
+                    noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                    before_copy=flush_first)
+            except BaseException:
+                if kept is not None:
+                    self.orphans.discard(kept.ino)
+                    await self._unstage(kept)
+                raise
             if replaced is not None and replaced.ino in self.staged:
                 self.staged[replaced.ino][0].discard()
             for ino in self._staged_below(src):
@@ -528,6 +583,11 @@ class Operations(pyfuse3.Operations):
         """Staged inodes at or below ``top`` (open files that follow a rename)."""
         return [ino for ino in self.staged
                 if (node := self.ns.inodes.get(ino)) is not None and self._is_below(node, top)]
+
+    def _linked(self, node: Inode) -> bool:
+        """Whether ``node`` still has its name (not unlinked or renamed over)."""
+        return node.ino == ROOT_INODE or \
+            self.ns.children.get((node.parent, node.name)) == node.ino
 
     def _is_below(self, node: Inode | None, top: Inode) -> bool:
         """Whether ``node`` is ``top`` or lies below it."""
@@ -605,24 +665,61 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
-        node = await self.ns.getattr(inode)
-        if node.is_dir():
-            raise OSError(errno.EISDIR, "is a directory")
-        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
-        if writing:
-            self._writable()
+        while (busy := self._busy_inodes.get(inode)) is not None:
+            await busy.wait()
+        node = self.ns.get(inode)
+        # Counted open from the start: an unlink or rename racing this open must
+        # keep the inode's bytes for it.
         node.opens += 1
-        append_only = (flags & os.O_ACCMODE) == os.O_WRONLY and bool(flags & os.O_APPEND)
         try:
+            node = await self.ns.getattr(inode)
+            if node.is_dir():
+                raise OSError(errno.EISDIR, "is a directory")
+            writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
+            if writing:
+                self._writable()
+            redirected = not self._linked(node) and node.ino not in self.staged
+            if redirected:
+                old_ino = node.ino
+                node = self._open_what_replaced(node, bool(writing))
+                # The kernel would read up to the size it cached for the old inode.
+                with contextlib.suppress(OSError):  # e.g. ENOENT: the kernel forgot it
+                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, old_ino, True)
+            append_only = (flags & os.O_ACCMODE) == os.O_WRONLY and bool(flags & os.O_APPEND)
             handle = await self._open_handle(node, bool(writing), bool(flags & os.O_TRUNC),
                                              append_only)
         except BaseException:
             node.opens -= 1
+            self.ns._maybe_drop(node.ino)
             raise
-        # The kernel's cached pages are still good when the object did not change.
-        keep = bool(node.attr.etag) and node.last_open_etag == node.attr.etag
+        # The kernel's cached pages are still good when the object did not change
+        # (never for a redirected open: the kernel's pages are the old inode's).
+        keep = bool(node.attr.etag) and node.last_open_etag == node.attr.etag \
+            and not redirected
         node.last_open_etag = node.attr.etag
         return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
+
+    def _open_what_replaced(self, node: Inode, writing: bool) -> None:
+        """``node`` was unlinked or renamed over between the kernel's lookup and this
+        open, its object gone: the open takes effect after that change. Readers get
+        the file now under the name (``node`` takes its attributes, which the kernel
+        asks for when reading past the old size); writers get ESTALE, which makes the kernel
+        look the name up again, so two inodes never stage one key. Returns the
+        inode the handle is for, counted open in place of ``node``."""
+        cur_ino = self.ns.children.get((node.parent, node.name))
+        cur = self.ns.inodes.get(cur_ino) if cur_ino is not None else None
+        if cur is None:
+            raise OSError(errno.ENOENT, "removed while being opened")
+        if writing or cur.is_dir() or cur.local or not cur.attr.etag \
+                or stat.S_IFMT(cur.attr.mode) != stat.S_IFMT(node.attr.mode):
+            raise OSError(errno.ESTALE, "replaced while being opened")
+        node.attr = replace(cur.attr)
+        # The handle belongs to ``cur``: a later unlink or rename of the name keeps
+        # its bytes for it like for any other open handle.
+        node.opens -= 1
+        self.ns._maybe_drop(node.ino)
+        cur.opens += 1
+        return cur
 
     async def _open_handle(self, node: Inode, writing: bool, truncate: bool,
                            append_only: bool) -> Handle:
@@ -642,7 +739,15 @@ class Operations(pyfuse3.Operations):
         staged = self.staged.get(h.inode.ino)
         if staged is not None:
             return await staged[0].read(off, size)
-        return await h.reader.read(off, size)
+        try:
+            return await h.reader.read(off, size)
+        except Exception:  # an OSError or CosError, maybe in a nursery's group
+            # Unlinked or renamed over while this read waited for the server: the
+            # inode's bytes were moved into the cache before the object went.
+            staged = self.staged.get(h.inode.ino)
+            if staged is None:
+                raise
+            return await staged[0].read(off, size)
 
     @fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:

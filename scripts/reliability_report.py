@@ -78,16 +78,16 @@ def model_table(rows: list[dict]) -> str:
             body.append(["stateful model (Hypothesis)",
                          f"{r['examples']} sequences, {r['steps']} operations "
                          f"(budget {r['max_examples']} x {r['step_count']})",
-                         r.get("failures", 0),
-                         f"{r.get('orphan_read_errors', 0)} reads through a handle of a "
-                         "file renamed over while open failed (known limit)"])
+                         r.get("failures", 0), _mode(r)])
         else:
             body.append([f"{r['workers']} concurrent workers, {r['seconds']} s",
                          f"{r['operations']} operations, {r['shared_writes']} whole-file "
-                         "writes to shared files", r.get("failures", 0),
-                         f"{r.get('stale_reads_eio', 0)} reads of a file replaced while "
-                         "open got EIO"])
-    return table(["run", "what ran", "failures", "notes"], body)
+                         "writes to shared files", r.get("failures", 0), _mode(r)])
+    return table(["run", "what ran", "failures", "mount"], body)
+
+
+def _mode(row: dict) -> str:
+    return "-o writeback" if row.get("writeback") else "default"
 
 
 def simple_table(rows: list[dict], key: str, header: str) -> str:
