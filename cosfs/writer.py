@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import shutil
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -421,8 +422,23 @@ class StagedFile:
         if content_type is not None:
             self.content_type = content_type
         if self._record is not None:
-            self._record.metadata, self._record.content_type = self.metadata, self.content_type
-            self._cache.journal.update_file(self._record)
+            rec = self._record
+            rec.metadata, rec.content_type = self.metadata, self.content_type
+            self._journal_advisory("metadata", lambda: self._cache.journal.update_file(rec))
+
+    def _journal_advisory(self, what: str, change: Callable[[], None]) -> bool:
+        """Apply a journal change that only matters for recovery after a crash.
+        When the cache disk fails (read-only, I/O errors) the upload must go on:
+        the staged bytes are still readable and the server is the safer place for
+        them. False (and a warning) when the journal refused."""
+        try:
+            change()
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("the cache journal cannot record the %s of %r (%s); uploading "
+                        "anyway, but a crash now could not be recovered from",
+                        what, self._key, exc)
+            return False
+        return True
 
     def _raise_background_error(self) -> None:
         err, self._error = self._error, None
@@ -555,18 +571,24 @@ class StagedFile:
             self._map, self._since = self._since, None
             if self._record is None:
                 return
+            rec = self._record
+            journal = self._cache.journal
             if not self._map.changed:
-                self._cache.journal.remove_file(self._record.id)  # type: ignore[arg-type]
-                self._record = None
-                self._log.clear()
+                # Left behind, the row would at worst make the next mount keep a
+                # copy under recovered/ (the object no longer matches its base).
+                if self._journal_advisory("upload", lambda: journal.remove_file(rec.id)):  # type: ignore[arg-type]
+                    self._record = None
+                    with contextlib.suppress(OSError):  # a stray log is swept at start
+                        self._log.clear()
                 return
             # Journal first: a crash between the two leaves a log that says more
             # is dirty than is, which only uploads more.
-            rec = self._record
             rec.base_key, rec.base_etag, rec.base_size = info.key, info.etag, info.size
             rec.base_appendable = info.appendable
-            self._cache.journal.update_file(rec)
-            self._log.rewrite(self._map.size, self._map.dirty)
+            if self._journal_advisory("upload", lambda: journal.update_file(rec)):
+                # Failing, the old log stays: it says more is dirty, which is safe.
+                self._journal_advisory("upload", lambda: self._log.rewrite(
+                    self._map.size, self._map.dirty))
 
     # -- multipart ---------------------------------------------------------------------
     async def _multipart(self, key: str, size: int, progress: UploadProgress) -> ObjectInfo:

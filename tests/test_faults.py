@@ -876,9 +876,6 @@ def test_cache_disk_turns_read_only(mounter, fresh_server, ext4_cache) -> None:
                       "bytes_lost": 0, "half_written": 0})
 
 
-@pytest.mark.xfail(strict=True, reason="flush writes the journal before uploading: on a "
-                   "read-only cache disk it fails (EIO) and the data, kept 'for recovery' "
-                   "on a disk that lost it, never goes up")
 def test_data_accepted_before_the_cache_disk_failed_is_uploaded(mounter, fresh_server,
                                                                ext4_cache) -> None:
     """Bytes write() accepted before the cache disk went read-only are still readable
