@@ -143,7 +143,9 @@ class Operations(pyfuse3.Operations):
         e.st_ino = inode.ino
         e.generation = 0
         e.entry_timeout = self.kernel_ttl
-        e.attr_timeout = self.kernel_ttl
+        # Partial attributes (a listing's, for readdirplus) carry the default mode
+        # and owner: the kernel must ask (getattr) before it uses them.
+        e.attr_timeout = 0 if a.partial else self.kernel_ttl
         e.st_mode = a.mode
         e.st_nlink = 2 if a.is_dir() else 1
         e.st_uid = a.uid
@@ -266,14 +268,20 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
-        return self.entry(await self.ns.getattr(inode))
+        node = await self.ns.getattr(inode)
+        if node.ino != inode and node.attr.kind != self.ns.get(inode).attr.kind:
+            # Not what the kernel holds (a listed object turned out to be a
+            # symlink, or a directory took the name): ESTALE makes stat() look the
+            # name up again instead of the kernel failing the inode.
+            raise OSError(errno.ESTALE, "the name is now of another type")
+        return self.entry(node)
 
     @fuse_op
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
         self._writable()
-        node = self.ns.get(inode)
+        node = await self.ns.complete(self.ns.get(inode))
         if fields.update_size:
             await self._truncate(node, attr.st_size, fh)
         new = replace(node.attr)
@@ -805,11 +813,7 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes -----------------------------------------------------------
 
     async def _fresh(self, inode: int) -> Inode:
-        node = await self.ns.getattr(inode)
-        if node.attr.partial:
-            parent = self.ns.get(node.parent)
-            node = await self.ns.lookup(parent.ino, node.name)
-        return node
+        return await self.ns.getattr(inode)  # never partial
 
     @fuse_op
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:

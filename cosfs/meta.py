@@ -159,6 +159,16 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
     )
 
 
+# A symlink's object holds its target: 1 to PATH_MAX - 1 bytes.
+SYMLINK_MAX = 4095
+
+
+def may_be_symlink(size: int) -> bool:
+    """Whether an object of ``size`` bytes may be a symlink. Listings carry no
+    metadata, so only objects outside this range can be typed from a listing."""
+    return 0 < size <= SYMLINK_MAX
+
+
 def same_object(attr: Attr, info: ObjectInfo) -> bool:
     """Whether ``info`` (from a listing or a HEAD) describes the object ``attr`` was
     built from. ETag alone is not enough: a metadata self-copy keeps the ETag (the

@@ -45,7 +45,8 @@ import trio
 
 from cosfs import meta, names
 from cosfs.aio import AsyncClient
-from cosfs.cos import CosError, ObjectInfo
+from cosfs.background import TaskSet
+from cosfs.cos import CosError, ListPage, ObjectInfo
 from cosfs.meta import Attr, Defaults
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,22 @@ class MetaTuning:
     ttl: float = 10.0  # seconds attributes and listings stay valid (0: no caching)
     negative_ttl: float = 10.0
     max_cached: int = 100_000  # entries in the attribute and listing caches
-    head_parallel: int = 64  # HEAD requests in flight while filling a listing's attrs
+    head_parallel: int = 64  # copies in flight while renaming a directory
+    fill_parallel: int = 16  # background HEADs (LISTs) completing a listing's entries
+    fill_window: int = 32  # siblings the first completion in a directory fetches ahead;
+    fill_window_max: int = 1024  # doubled by each later one, up to this
+    probe_keys: int = 200  # keys a directory's completion LIST asks for (kept as its
+    #                        listing when that is all of it)
+
+
+@dataclass
+class _FillPlan:
+    """The partial entries of one listing, per kind, in listing order: what a
+    completion fetches ahead (``ls -l`` stats files in this order)."""
+
+    order: dict[bool, list[int]]  # is_dir -> inode numbers
+    pos: dict[int, int]  # inode number -> index in its kind's list
+    window: int
 
 
 class Namespace:
@@ -126,6 +142,12 @@ class Namespace:
         # key -> (etag, Attr): attributes of unchanged objects never need a second HEAD.
         self.object_attrs: cachetools.LRUCache = cachetools.LRUCache(self.tuning.max_cached)
         self.rename_lock = trio.Lock()
+        # Completion of partial attributes (see ``complete``): the inodes whose HEAD
+        # (or LIST) is under way, and per directory what to fetch ahead.
+        self._filling: dict[int, trio.Event] = {}
+        self._plans: cachetools.LRUCache = cachetools.LRUCache(1024)
+        self._fill_limit = trio.CapacityLimiter(self.tuning.fill_parallel)
+        self._fill_tasks = TaskSet("attrs")
 
     @property
     def _cache_on(self) -> bool:
@@ -220,17 +242,34 @@ class Namespace:
         now_ns = time.time_ns()
         parent.attr.mtime_ns = parent.attr.ctime_ns = now_ns
 
+    def _file_entry(self, inode: Inode, name: str) -> DirEntry | None:
+        """The listing entry a file of ours has now (None before its first upload:
+        listings show such files from the inode table)."""
+        a = inode.attr
+        if not a.etag:
+            return None
+        info = ObjectInfo(key=self.key_of(inode), size=a.size, etag=a.etag,
+                          last_modified=float(a.last_modified), appendable=a.appendable,
+                          storage_class=a.storage_class, from_listing=True)
+        return DirEntry(name, False, info)
+
     # -- resolving names ---------------------------------------------------------
 
-    async def lookup(self, parent_ino: int, name: str) -> Inode:
-        """The inode of ``name`` in directory ``parent_ino``; ENOENT if none."""
+    async def lookup(self, parent_ino: int, name: str, *, complete: bool = True) -> Inode:
+        """The inode of ``name`` in directory ``parent_ino``; ENOENT if none.
+
+        Its attributes are full (never ``partial``) unless ``complete`` is False,
+        for callers that need only the name's type and object (unlink, rmdir).
+        A name missing from a fresh complete listing of the directory costs no
+        request: our own changes keep listings true, other clients' show after
+        the TTL."""
         parent = self.get(parent_ino)
         if not parent.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
         ino = self.children.get((parent_ino, name))
         inode = self.inodes.get(ino) if ino is not None else None
         if inode is not None and (inode.local or inode.expires > trio.current_time()):
-            return inode
+            return await self.complete(inode) if complete else inode
         if (parent_ino, name) in self.negative:
             raise OSError(errno.ENOENT, "no such file or directory")
         listing = self.listings.get(parent_ino)
@@ -243,7 +282,9 @@ class Namespace:
     async def _lookup_remote(self, parent: Inode, name: str) -> Inode:
         """Resolve ``name`` on the server and bind (or unbind) it."""
         key = names.child_key(self.key_of(parent), name)
-        found = await self._resolve(key)
+        ino = self.children.get((parent.ino, name))
+        was = self.inodes.get(ino) if ino is not None else None
+        found = await self._resolve(key, was_dir=was is not None and was.is_dir())
         # The table may have changed while we waited: re-read before binding.
         ino = self.children.get((parent.ino, name))
         current = self.inodes.get(ino) if ino is not None else None
@@ -257,35 +298,38 @@ class Namespace:
         attr, has_marker = found
         return self._attach(parent, name, attr, has_marker=has_marker)
 
-    async def _resolve(self, key: str) -> tuple[Attr, bool] | None:
-        """Ask COS what ``key`` is: HEAD the object and LIST under ``key/`` at once.
-        Returns (attributes, has_marker) or None when nothing is there."""
+    async def _resolve(self, key: str, *, was_dir: bool = False) -> tuple[Attr, bool] | None:
+        """Ask COS what ``key`` is. Returns (attributes, has_marker) or None when
+        nothing is there.
+
+        One HEAD answers for a file (the common case), so the LIST of ``key/`` that
+        tells a directory follows only its 404. ``was_dir`` (the name was a
+        directory last time) asks in the other order, so a directory that shadows an
+        object of the same name stays a directory; only a name never seen before
+        may show the shadowed object (see docs/SEMANTICS.md).
+        """
         names.check_key(key)
-        head: list[ObjectInfo | None] = [None]
-        below: list[object] = [None]
+        if was_dir:
+            found = await self._resolve_dir(key)
+            if found is not None:
+                return found
+        try:
+            info = await self.aclient.head_object(key)
+        except CosError as exc:
+            if exc.status != 404:
+                raise
+        else:
+            return self._file_attr(info), False
+        return None if was_dir else await self._resolve_dir(key)
 
-        async def do_head() -> None:
-            try:
-                head[0] = await self.aclient.head_object(key)
-            except CosError as exc:
-                if exc.status != 404:
-                    raise
-
-        async def do_list() -> None:
-            below[0] = await self.aclient.list_objects(prefix=key + "/", max_keys=1)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(do_head)
-            nursery.start_soon(do_list)
-        page = below[0]
-        if page.contents or page.common_prefixes:  # type: ignore[attr-defined]
-            first = page.contents[0] if page.contents else None  # type: ignore[attr-defined]
-            if first is not None and first.key == key + "/":
-                return await self._dir_attr(key), True
-            return meta.implicit_dir_attr(self.defaults, time.time_ns()), False
-        if head[0] is not None:
-            return self._file_attr(head[0]), False
-        return None
+    async def _resolve_dir(self, key: str) -> tuple[Attr, bool] | None:
+        """(attributes, has_marker) of the directory ``key``, None if none is there."""
+        page = await self.aclient.list_objects(prefix=key + "/", max_keys=1)
+        if not page.contents and not page.common_prefixes:
+            return None
+        if page.contents and page.contents[0].key == key + "/":
+            return await self._dir_attr(key), True
+        return meta.implicit_dir_attr(self.defaults, time.time_ns()), False
 
     async def _dir_attr(self, key: str) -> Attr:
         """Attributes of a directory with a marker (its metadata, from a HEAD)."""
@@ -304,8 +348,11 @@ class Namespace:
         return attr
 
     async def getattr(self, ino: int) -> Inode:
-        """The inode with attributes no older than the TTL (revalidating files)."""
+        """The inode with attributes no older than the TTL (revalidating files),
+        never partial."""
         inode = self.get(ino)
+        if inode.attr.partial:
+            return await self.complete(inode)
         if (inode.local or inode.is_dir() or inode.expires > trio.current_time()
                 or self.children.get((inode.parent, inode.name)) != ino):
             return inode
@@ -318,6 +365,123 @@ class Namespace:
             if exc.errno == errno.ENOENT:
                 return inode  # deleted by someone else: the open inode stays usable
             raise
+
+    # -- completing attributes a listing left partial ---------------------------------
+
+    async def complete(self, inode: Inode) -> Inode:
+        """``inode`` with full attributes (mode, uid, gid, mtime, xattrs from its
+        metadata). A partial one, which only a listing has described, gets its
+        HEAD now (a directory the LIST that says whether it has a marker); and the
+        partial siblings of the same kind that follow it in the listing are fetched
+        in the background, a window that doubles with each such call in the
+        directory. So ``ls -l`` of N objects costs one LIST and N HEADs in parallel,
+        and ``find``, which needs no file's attributes, LISTs only.
+
+        Concurrency: one request per inode at a time; a caller finding its inode
+        under way waits for that request, and asks itself if it failed. Returns the
+        inode now bound to the name (another one if the type changed)."""
+        while inode.attr.partial:
+            running = self._filling.get(inode.ino)
+            if running is not None:
+                await running.wait()
+                continue
+            self._fetch_ahead(inode)
+            done = self._filling[inode.ino] = trio.Event()
+            try:
+                return await self._fill(inode, foreground=True)
+            finally:
+                if self._filling.get(inode.ino) is done:
+                    del self._filling[inode.ino]
+                done.set()
+        return inode
+
+    def _fetch_ahead(self, inode: Inode) -> None:
+        plan: _FillPlan | None = self._plans.get(inode.parent)
+        pos = plan.pos.get(inode.ino) if plan is not None else None
+        if plan is None or pos is None:
+            return
+        batch: list[Inode] = []
+        for ino in plan.order[inode.is_dir()][pos + 1:]:
+            if len(batch) >= plan.window:
+                break
+            node = self.inodes.get(ino)
+            if node is not None and node.attr.partial and ino not in self._filling:
+                batch.append(node)
+        if not batch:
+            return
+        plan.window = min(plan.window * 2, self.tuning.fill_window_max)
+        for node in batch:
+            self._filling[node.ino] = trio.Event()
+        self._fill_tasks.spawn(self._fill_batch, batch)
+
+    async def _fill_batch(self, batch: list[Inode]) -> None:
+        """Background: complete ``batch`` (each already marked in ``_filling``),
+        in order, at most ``fill_parallel`` requests at once. A failure leaves the
+        inode partial; whoever needs it asks again and sees the error."""
+
+        async def one(node: Inode) -> None:
+            event = self._filling[node.ino]
+            try:
+                async with self._fill_limit:
+                    if node.attr.partial:
+                        await self._fill(node, foreground=False)
+            except (CosError, OSError) as exc:
+                log.debug("completing %s: %s", self.path_of(node), exc)
+            finally:
+                if self._filling.get(node.ino) is event:
+                    del self._filling[node.ino]
+                event.set()
+
+        async with trio.open_nursery() as nursery:
+            for node in batch:
+                nursery.start_soon(one, node)
+
+    async def _fill(self, inode: Inode, *, foreground: bool) -> Inode:
+        """One request (two for a directory with a marker) for ``inode``'s full
+        attributes. Gone from the server: the foreground resolves the name again
+        (ENOENT, or what took it); the background leaves it to the foreground."""
+        parent = self.inodes.get(inode.parent)
+        bound = parent is not None and self.children.get((parent.ino, inode.name)) == inode.ino
+        key = self.key_of(inode)
+        has_marker = False
+        if inode.is_dir():
+            prefix = key + "/"
+            page = await self.aclient.list_objects(prefix=prefix, delimiter="/",
+                                                   max_keys=self.tuning.probe_keys)
+            found = bool(page.contents or page.common_prefixes)
+            if found:
+                has_marker = bool(page.contents) and page.contents[0].key == prefix
+                attr = await self._dir_attr(key) if has_marker else \
+                    meta.implicit_dir_attr(self.defaults, time.time_ns())
+                if not page.is_truncated and self._cache_on \
+                        and self.listings.get(inode.ino) is None:
+                    # All of it: the readdir that usually follows needs no request.
+                    listing = Listing()
+                    self._add_page(listing, prefix, page)
+                    self.listings[inode.ino] = listing
+        else:
+            try:
+                info = await self.aclient.head_object(key)
+                found = True
+            except CosError as exc:
+                if exc.status != 404:
+                    raise
+                found = False
+            if found:
+                attr = self._file_attr(info)
+        if not inode.attr.partial:
+            return inode  # completed meanwhile
+        if not found:
+            if foreground and bound:
+                return await self._lookup_remote(parent, inode.name)  # type: ignore[arg-type]
+            if foreground:
+                inode.attr.partial = False  # unlinked and gone: what we know is all
+            return inode
+        if bound:
+            return self._attach(parent, inode.name, attr,  # type: ignore[arg-type]
+                                has_marker=has_marker)
+        inode.attr, inode.has_marker = attr, has_marker
+        return inode
 
     async def _revalidate_file(self, parent: Inode, inode: Inode) -> Inode:
         """Refresh a file's attributes: one HEAD says all about a file that is still
@@ -335,10 +499,12 @@ class Namespace:
     # -- listing -------------------------------------------------------------------
 
     async def list_dir(self, ino: int) -> list[tuple[str, Inode]]:
-        """Every name in directory ``ino`` with an inode carrying full attributes.
+        """Every name in directory ``ino`` with its inode.
 
-        The listing is paged with prefix/delimiter; attributes of objects not seen
-        before (by ETag) come from HEAD requests issued in parallel, never one by one.
+        The listing is paged with prefix/delimiter and is all this costs: entries
+        that neither a live inode nor the attribute cache describe get ``partial``
+        attributes from the listing (size, Last-Modified, ETag; the mount's default
+        mode and owner), completed by :meth:`complete` when asked for.
         The caller must account one lookup per returned inode it hands the kernel.
         """
         parent = self.get(ino)
@@ -348,12 +514,27 @@ class Namespace:
         if listing is None:
             listing = await self._fetch_listing(parent)
         entries = sorted(listing.entries.values(), key=lambda e: e.name.encode())
-        bound = await self._fill_attrs(parent, entries)
-        result = []
+        bound: dict[str, Inode] = {}
+        todo: list[DirEntry] = []
         for e in entries:
-            inode = bound.get(e.name)
-            if inode is not None:  # None: deleted since the listing
-                result.append((e.name, self.rebind(parent, e.name, inode)))
+            inode = self._bind_entry(parent, e)
+            if inode is None:
+                todo.append(e)
+            else:
+                bound[e.name] = inode
+        if todo:
+            await self._head_entries(parent, todo, bound)
+        result = [(e.name, self.rebind(parent, e.name, bound[e.name]))
+                  for e in entries if e.name in bound]  # absent: deleted since the listing
+        partial = [inode for _, inode in result if inode.attr.partial]
+        if partial:
+            order: dict[bool, list[int]] = {False: [], True: []}
+            pos: dict[int, int] = {}
+            for inode in partial:
+                kind = order[inode.is_dir()]
+                pos[inode.ino] = len(kind)
+                kind.append(inode.ino)
+            self._plans[ino] = _FillPlan(order, pos, self.tuning.fill_window)
         # New files not yet uploaded are part of the directory too.
         listed = {n for n, _ in result}
         for (p, name), cino in list(self.children.items()):
@@ -369,19 +550,23 @@ class Namespace:
             page = await self.aclient.call(next, pages, None)
             if page is None:
                 break
-            for p in page.common_prefixes:
-                name = p[len(prefix):].rstrip("/")
-                if names.is_listable(name):
-                    listing.entries[name] = DirEntry(name, True)
-            for info in page.contents:
-                name = info.key[len(prefix):]
-                if info.key == prefix or not names.is_listable(name) or "/" in name:
-                    continue
-                if name not in listing.entries:  # a directory of that name wins
-                    listing.entries[name] = DirEntry(name, False, info)
+            self._add_page(listing, prefix, page)
         if self._cache_on:
             self.listings[parent.ino] = listing
         return listing
+
+    @staticmethod
+    def _add_page(listing: Listing, prefix: str, page: ListPage) -> None:
+        for p in page.common_prefixes:
+            name = p[len(prefix):].rstrip("/")
+            if names.is_listable(name):
+                listing.entries[name] = DirEntry(name, True)
+        for info in page.contents:
+            name = info.key[len(prefix):]
+            if info.key == prefix or not names.is_listable(name) or "/" in name:
+                continue
+            if name not in listing.entries:  # a directory of that name wins
+                listing.entries[name] = DirEntry(name, False, info)
 
     @staticmethod
     def _still_valid(inode: Inode, e: DirEntry) -> bool:
@@ -402,42 +587,40 @@ class Namespace:
         self.children[(parent.ino, name)] = inode.ino
         return inode
 
-    async def _fill_attrs(self, parent: Inode, entries: Iterable[DirEntry]) -> dict[str, Inode]:
-        """Bind every entry to an inode with full attributes, HEADing in parallel only
-        what neither a live inode nor the attribute cache can tell. Returns the inode
-        of every entry still there (the caller re-binds any forgotten meanwhile)."""
-        bound: dict[str, Inode] = {}
-        todo: list[DirEntry] = []
-        for e in entries:
-            ino = self.children.get((parent.ino, e.name))
-            inode = self.inodes.get(ino) if ino is not None else None
-            if inode is not None and self._still_valid(inode, e):
-                # The listing is a fresh look at the server: unchanged means valid.
-                inode.expires = self._expiry()
-                bound[e.name] = inode
-                continue
-            if e.info is not None:
-                cached = self.object_attrs.get(e.info.key)
-                if cached is not None and meta.same_object(cached[1], e.info):
-                    bound[e.name] = self._attach(parent, e.name,
-                                                 replace(cached[1], size=e.info.size))
-                    continue
-            todo.append(e)
-        if not todo:
-            return bound
+    def _bind_entry(self, parent: Inode, e: DirEntry) -> Inode | None:
+        """The inode for listing entry ``e``: the live one while the listing agrees
+        with it, else one with what the attribute cache or the listing says; None
+        when only a HEAD can tell its type (it may be a symlink)."""
+        ino = self.children.get((parent.ino, e.name))
+        inode = self.inodes.get(ino) if ino is not None else None
+        if inode is not None and self._still_valid(inode, e):
+            # The listing is a fresh look at the server: unchanged means valid.
+            inode.expires = self._expiry()
+            return inode
+        if e.info is None:
+            attr = meta.implicit_dir_attr(self.defaults, time.time_ns())
+            attr.partial = True  # a marker may carry its mode: asked when needed
+            return self._attach(parent, e.name, attr)
+        cached = self.object_attrs.get(e.info.key)
+        if cached is not None and meta.same_object(cached[1], e.info):
+            return self._attach(parent, e.name, replace(cached[1], size=e.info.size))
+        if meta.may_be_symlink(e.info.size):
+            # readdirplus must give the kernel the right type (find -type uses it,
+            # and the kernel refuses an inode that changes type): only the
+            # object's metadata can say whether it is a symlink.
+            return None
+        return self._attach(parent, e.name, meta.attr_from_object(e.info, self.defaults))
+
+    async def _head_entries(self, parent: Inode, todo: list[DirEntry],
+                            bound: dict[str, Inode]) -> None:
+        """Bind ``todo`` (file entries) with full attributes from HEADs in parallel."""
         base = self.key_of(parent)
         limit = trio.CapacityLimiter(self.tuning.head_parallel)
 
-        async def fill(e: DirEntry) -> None:
+        async def head(e: DirEntry) -> None:
             async with limit:
-                key = names.child_key(base, e.name)
-                if e.is_dir:
-                    attr = await self._dir_attr(key)
-                    bound[e.name] = self._attach(parent, e.name, attr,
-                                                 has_marker=bool(attr.etag))
-                    return
                 try:
-                    info = await self.aclient.head_object(key)
+                    info = await self.aclient.head_object(names.child_key(base, e.name))
                 except CosError as exc:
                     if exc.status != 404:
                         raise
@@ -446,8 +629,7 @@ class Namespace:
 
         async with trio.open_nursery() as nursery:
             for e in todo:
-                nursery.start_soon(fill, e)
-        return bound
+                nursery.start_soon(head, e)
 
     # -- creating ------------------------------------------------------------------
 
@@ -545,7 +727,7 @@ class Namespace:
     async def unlink(self, parent_ino: int, name: str) -> Inode:
         """Delete a file or symlink; returns its inode (open handles keep it)."""
         parent = self.get(parent_ino)
-        inode = await self.lookup(parent_ino, name)
+        inode = await self.lookup(parent_ino, name, complete=False)
         if inode.is_dir():
             raise OSError(errno.EISDIR, "is a directory")
         key = self.key_of(inode)
@@ -568,7 +750,7 @@ class Namespace:
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
         parent = self.get(parent_ino)
-        inode = await self.lookup(parent_ino, name)
+        inode = await self.lookup(parent_ino, name, complete=False)
         if not inode.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
         if await self._has_children(inode):
@@ -679,11 +861,14 @@ class Namespace:
         if self._cache_on:
             self.negative[(src_parent.ino, old_name)] = True
         self._note_change(src_parent, old_name, None)
-        self._note_change(dst_parent, new_name, DirEntry(new_name, src.is_dir()))
-        # Listings under a moved directory and the attribute cache speak of old keys.
-        self.listings.pop(dst_parent.ino, None)
         if src.is_dir():
+            self._note_change(dst_parent, new_name, DirEntry(new_name, True))
+            # Listings under a moved directory speak of old keys.
             self.listings.clear()
+        else:
+            # The destination's listing stays complete, so the lookups of names
+            # that do not exist there (rsync's next temporary file) cost nothing.
+            self._note_change(dst_parent, new_name, self._file_entry(src, new_name))
 
     async def _move_object(self, src: Inode, old_key: str, new_key: str) -> None:
         info = await self.copy_object(old_key, new_key, src.attr)
