@@ -1,6 +1,6 @@
 """Async access to the blocking COS client from the trio event loop.
 
-The filesystem runs on trio; the client is blocking (requests). Every call goes
+The filesystem runs on trio; the client is blocking (http.client). Every call goes
 to a worker thread through one shared ``trio.CapacityLimiter``, which bounds both
 the number of threads and the number of HTTP requests in flight, so a burst of
 FUSE requests never starts more connections than the client's pool holds.

@@ -8,16 +8,13 @@ import http.client
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
-
-import requests
-import urllib3.exceptions
-from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
+from urllib.parse import urlsplit
 
 from .. import __version__
 from .body import BodySource, Payload
@@ -34,6 +31,7 @@ from .signing import (
     sign_s3,
 )
 from .stats import ClientStats
+from .transport import Headers, Response, Transport, environ_proxy
 from .types import DeleteError, ListPage, ObjectInfo, PartInfo, UploadInfo
 from .xmlcodec import (
     S3_XMLNS,
@@ -59,6 +57,9 @@ DELETE_BATCH = 1000
 # UNSIGNED-PAYLOAD rather than hashing megabytes twice (TLS protects them in transit).
 SHA256_PAYLOAD_LIMIT = 1 << 20
 DEFAULT_CHUNK = 1 << 20
+# A body read into the caller's buffer goes in slices of this size, so a connection
+# lost mid-body still tells how many bytes had arrived (the resume starts there).
+READINTO_SLICE = 1 << 20
 _META_NAME = re.compile(r"^[a-z0-9-]+$")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
@@ -70,16 +71,11 @@ _STATUS_CODES = {
     501: "NotImplemented", 503: "ServiceUnavailable",
 }
 
-_TRANSPORT_ERRORS = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ContentDecodingError,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    ConnectionError,
-    TimeoutError,
-)
+# What the HTTP stack raises when an exchange fails: socket errors (ConnectionError,
+# TimeoutError and ssl.SSLError are OSErrors) and malformed or cut answers.
+_TRANSPORT_ERRORS = (http.client.HTTPException, OSError)
+# TLS failures that are a connection cut short, not a certificate or protocol problem.
+_TLS_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 _UNRESOLVED: Any = object()  # a recovery hook found nothing: go on with the retry
 
@@ -98,13 +94,24 @@ class _Call:
     not_found: str = "NoSuchKey"  # the code of a bodiless 404
 
 
+class _Answer:
+    """A finished exchange: status, headers and the whole body."""
+
+    __slots__ = ("status", "headers", "content")
+
+    def __init__(self, status: int, headers: Headers, content: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+
+
 class CosClient:
     """A client for one bucket of COS (or, with ``signature="s3"``, of S3).
 
     Thread-safe: any number of threads may call any method at once. The only shared
-    mutable state is the ``requests.Session`` (whose urllib3 pool, sized
-    ``pool_size``, is thread-safe for sending) and the counters behind
-    :meth:`stats` (under their own lock). Every method either returns its result or
+    mutable state is the :class:`~cosfs.cos.transport.Transport` (a pool of
+    keep-alive connections, at most ``pool_size`` of them idle, under its own lock)
+    and the counters behind :meth:`stats` (under theirs). Every method either returns its result or
     raises :class:`CosError`; transient failures are retried with backoff first.
     """
 
@@ -117,21 +124,21 @@ class CosClient:
                                    config.retry_max_delay)
         self._rng = random.Random()
         self._stats = ClientStats()
-        # Environment proxies are resolved once here, not on every request (requests would
-        # scan os.environ three times per call). trust_env=False also keeps .netrc
-        # credentials from ever replacing our signature.
-        self._proxies = requests.utils.get_environ_proxies(self._endpoint.url(""))
-        self._session = requests.Session()
-        self._session.trust_env = False
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=config.pool_size, max_retries=0)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
+        # Environment proxies are resolved once here, not on every request.
+        endpoint = self._endpoint
+        hostname = urlsplit(f"{endpoint.scheme}://{endpoint.host}").hostname or ""
+        self._transport = Transport(
+            endpoint.scheme, endpoint.host, connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout, verify=config.verify,
+            pool_size=config.pool_size,
+            proxy=environ_proxy(endpoint.scheme, hostname))
+        self._user_agent = f"cosfs/{__version__}"
 
     def __repr__(self) -> str:
         return f"CosClient({self.config!r})"
 
     def close(self) -> None:
-        self._session.close()
+        self._transport.close()
 
     def __enter__(self) -> CosClient:
         return self
@@ -204,6 +211,29 @@ class CosClient:
             yield info, iter(stream)
         finally:
             stream.close()
+
+    def get_object_into(self, key: str, buffer: Any, start: int = 0,
+                        if_match: str | None = None) -> ObjectInfo:
+        """Fill ``buffer`` (any writable buffer, not empty) with the object's bytes
+        ``[start, start + len(buffer))``, read from the socket straight into it: no
+        piece is allocated or copied on the way. Resumes like
+        :meth:`get_object_stream`. Raises CosError ``ShortRead`` if the object
+        ends before the buffer is full."""
+        with memoryview(buffer) as raw, raw.cast("B") as view:
+            size = len(view)
+            if not size:
+                raise ValueError("empty buffer")
+            stream = _ObjectStream(self, key, start, start + size - 1, if_match,
+                                   DEFAULT_CHUNK)
+            try:
+                info = stream.open()
+                got = stream.readinto(view)
+            finally:
+                stream.close()
+        if got != size:
+            raise CosError(206, "ShortRead", f"got {got} of {size} bytes from {start}",
+                           operation="GetObject", key=key)
+        return info
 
     # -- writing -----------------------------------------------------------------------
 
@@ -389,7 +419,7 @@ class CosClient:
             headers[f"{self._x}meta-{name}"] = value
         return headers
 
-    def _info(self, key: str, headers: CaseInsensitiveDict, size: int) -> ObjectInfo:
+    def _info(self, key: str, headers: Headers, size: int) -> ObjectInfo:
         meta_prefix = f"{self._x}meta-"
         metadata = {
             name.lower()[len(meta_prefix):]: value
@@ -419,13 +449,13 @@ class CosClient:
         """Run ``call`` and parse its XML answer with ``parser(body, *args)``; a
         value from ``recover`` is returned as it is."""
         resp = self._run(call, recover=recover)
-        if not isinstance(resp, requests.Response):
+        if not isinstance(resp, _Answer):
             return resp
         try:
             return parser(resp.content, *args)
         except XmlError as e:
             self._stats.add(call.op, errors=1)
-            raise CosError(resp.status_code, "MalformedResponse", str(e),
+            raise CosError(resp.status, "MalformedResponse", str(e),
                            _request_id(resp.headers), operation=call.op, key=call.key) from None
 
     # -- the request engine -----------------------------------------------------------------
@@ -458,43 +488,53 @@ class CosClient:
         log.warning("%s (retry %d/%d in %.2fs)", err, retry, self._policy.max_retries, delay)
         time.sleep(delay)
 
-    def _attempt(self, call: _Call, stream: bool) -> requests.Response:
-        """One HTTP exchange; raises CosError for anything but an expected status."""
+    def _attempt(self, call: _Call, stream: bool) -> Any:
+        """One HTTP exchange; raises CosError for anything but an expected status.
+
+        Returns an :class:`_Answer` (body read), or with ``stream`` the transport's
+        :class:`Response` with the body still to read (the caller releases it).
+        A failure on a kept-alive connection is an attempt like any other, never
+        resent behind the retry policy's back: a server may act on a request and
+        then drop the connection, and only the policy's recovery hooks can tell."""
         self._stats.add(call.op, requests=1)
         started = time.monotonic()
-        with _translated(call), self._opened(call.payload) as (data, length):
-            prepared = self._prepare(call, data, length)
-            resp = self._session.send(
-                prepared, stream=True, allow_redirects=False, verify=self.config.verify,
-                proxies=self._proxies,
-                timeout=(self.config.connect_timeout, self.config.read_timeout),
-            )
-            self._stats.add(call.op, bytes_sent=length)
+        with _translated(call):
+            resp = self._send(call)
             try:
-                if resp.status_code not in call.ok:
+                if resp.status not in call.ok:
                     raise self._error(call, resp)
-                if not stream:
-                    body = resp.content  # read inside the attempt: a drop here is retried
-                    self._stats.add(call.op, bytes_received=len(body))
-                    _raise_error_body(call, resp)
+                if stream:
+                    return resp
+                body = resp.read()  # read inside the attempt: a drop here is retried
+                resp.release()
             except BaseException:
                 resp.close()
                 raise
+        self._stats.add(call.op, bytes_received=len(body))
+        answer = _Answer(resp.status, resp.headers, body)
+        _raise_error_body(call, answer)
         log.debug("%s %s %r -> %d in %.3fs", call.op, call.method, call.key,
-                  resp.status_code, time.monotonic() - started)
+                  resp.status, time.monotonic() - started)
+        return answer
+
+    def _send(self, call: _Call) -> Response:
+        """Sign and send ``call`` (its body opened anew); the answer's head is read."""
+        if call.payload is None:
+            target, headers = self._prepare(call, 0)
+            return self._transport.send(call.method, target, headers, None)
+        with call.payload.open() as (data, length):
+            target, headers = self._prepare(call, length)
+            resp = self._transport.send(call.method, target, headers,
+                                        data if length else b"")
+        self._stats.add(call.op, bytes_sent=length)
         return resp
 
-    @contextlib.contextmanager
-    def _opened(self, payload: Payload | None) -> Iterator[tuple[Any, int]]:
-        if payload is None:
-            yield None, 0
-        else:
-            with payload.open() as (data, length):
-                # requests would send an empty file as chunked: send b"" instead.
-                yield (data if length else b""), length
-
-    def _prepare(self, call: _Call, data: Any, length: int) -> requests.PreparedRequest:
-        url = self._endpoint.url(call.key, encode_query(call.params))
+    def _prepare(self, call: _Call, length: int) -> tuple[str, dict[str, str]]:
+        """The request target (encoded path and query) and the signed headers."""
+        target = quote_key(self._endpoint.path(call.key))
+        query = encode_query(call.params)
+        if query:
+            target = f"{target}?{query}"
         headers = {"Host": self._endpoint.host, **call.headers}
         if call.payload is not None:
             headers["Content-Length"] = str(length)
@@ -504,12 +544,10 @@ class CosClient:
         if self.config.token:
             headers[f"{self._x}security-token"] = self.config.token
         self._sign(call, headers)
-        headers["User-Agent"] = f"cosfs/{__version__}"
+        headers["User-Agent"] = self._user_agent
         # Objects stored with Content-Encoding must come back byte for byte.
         headers["Accept-Encoding"] = "identity"
-        prepared = requests.Request(call.method, url, headers=headers, data=data).prepare()
-        prepared.url = url  # requests would re-quote the path and remove dot segments
-        return prepared
+        return target, headers
 
     def _sign(self, call: _Call, headers: dict[str, str]) -> None:
         now = time.time()
@@ -529,27 +567,32 @@ class CosClient:
                            call.params, _signed(headers), cos_key_time(now))
         headers["Authorization"] = sig.authorization(self.config.secret_id)
 
-    def _error(self, call: _Call, resp: requests.Response) -> CosError:
-        body = b"" if call.method == "HEAD" else _error_body(resp)
+    def _error(self, call: _Call, resp: Response) -> CosError:
+        if call.method == "HEAD":
+            body = b""
+            resp.release()  # bodiless: the connection serves the next request
+        else:
+            body = _error_body(resp)
         parsed = parse_error(body)
         if parsed and parsed.code:
             code, message = parsed.code, parsed.message
         else:
-            code = call.not_found if resp.status_code == 404 else _STATUS_CODES.get(
-                resp.status_code, f"HTTP{resp.status_code}")
+            code = call.not_found if resp.status == 404 else _STATUS_CODES.get(
+                resp.status, f"HTTP{resp.status}")
             message = ""
         request_id = _request_id(resp.headers) or (parsed.request_id if parsed else "")
-        return CosError(resp.status_code, code, message, request_id,
+        return CosError(resp.status, code, message, request_id,
                         operation=call.op, key=call.key)
 
 
 class _ObjectStream:
-    """The body of one GET as an iterator of chunks, resumed after a dropped connection.
+    """The body of one GET, resumed after a dropped connection.
 
-    Invariant: ``delivered`` bytes of the wanted range have been yielded; a resume asks
-    for ``[start + delivered, end]`` with If-Match on the first answer's ETag. Retries
-    (of the first request and of resumes together) are bounded by the client's policy.
-    Not thread-safe: one consumer iterates it.
+    Invariant: ``delivered`` bytes of the wanted range have been handed out (as
+    chunks or into the caller's buffer); a resume asks for ``[start + delivered,
+    end]`` with If-Match on the first answer's ETag. Retries (of the first request
+    and of resumes together) are bounded by the client's policy.
+    Not thread-safe: one consumer reads it.
     """
 
     def __init__(self, client: CosClient, key: str, start: int | None, end: int | None,
@@ -561,7 +604,7 @@ class _ObjectStream:
         self._end = end
         self._if_match = if_match
         self._chunk_size = chunk_size
-        self._resp: requests.Response | None = None
+        self._resp: Response | None = None
         self._remaining: int | None = None  # bytes still due from the current answer
         self._skip = 0  # leading bytes to drop when a server ignored our Range
         self._retries = 0
@@ -601,7 +644,7 @@ class _ObjectStream:
         self._remaining = int(length) if length is not None else None
         self._skip = 0
         total = self._remaining or 0
-        if resp.status_code == 206:
+        if resp.status == 206:
             match = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
             if match and match.group(3) != "*":
                 total = int(match.group(3))
@@ -620,35 +663,83 @@ class _ObjectStream:
                 yield from self._chunks(self._resp)
                 return
             except CosError as err:
-                self.close()
-                self._give_up_or_wait(err)
-                self._request_until_answered()
+                self._resume_after(err)
 
-    def _chunks(self, resp: requests.Response) -> Iterator[bytes]:
+    def _resume_after(self, err: CosError) -> None:
+        self.close()
+        self._give_up_or_wait(err)
+        self._request_until_answered()
+
+    def _chunks(self, resp: Response) -> Iterator[bytes]:
         """Yield the current answer's body; CosError if it ends short."""
         with _translated(_Call("GetObject", "GET", self._key)):
-            # decode_content=False: an object stored gzip-encoded is returned as stored.
-            for raw in resp.raw.stream(self._chunk_size, decode_content=False):
-                chunk = self._trim(raw)
-                if chunk:
-                    self.delivered += len(chunk)
-                    self._client._stats.add("GetObject", bytes_received=len(chunk))
-                    yield chunk
-                if self._remaining == 0:
-                    return
-        if self._remaining:
+            while self._remaining != 0:
+                self._drop_skipped(resp)
+                want = self._chunk_size
+                if self._remaining is not None:
+                    want = min(want, self._remaining)
+                chunk = resp.read(want)
+                if not chunk:
+                    break
+                if self._remaining is not None:
+                    self._remaining -= len(chunk)
+                self.delivered += len(chunk)
+                self._client._stats.add("GetObject", bytes_received=len(chunk))
+                yield chunk
+        self._finish(resp)
+
+    def readinto(self, buffer: memoryview) -> int:
+        """Fill ``buffer`` with the next bytes of the range, straight from the socket
+        (no intermediate copies); fewer only at the range's end. Resumes like
+        iteration does."""
+        filled = 0
+        while self._resp is not None and filled < len(buffer):
+            try:
+                filled += self._fill(self._resp, buffer[filled:])
+                if filled < len(buffer):  # the answer ended where the range does
+                    break
+            except CosError as err:
+                self._resume_after(err)
+        return filled
+
+    def _fill(self, resp: Response, buffer: memoryview) -> int:
+        """Read the current answer into ``buffer``; returns the bytes stored. Less
+        than the buffer only when the answer is complete; CosError if it ends short."""
+        filled = 0
+        with _translated(_Call("GetObject", "GET", self._key)):
+            while filled < len(buffer) and self._remaining != 0:
+                self._drop_skipped(resp)
+                want = min(len(buffer) - filled, READINTO_SLICE)
+                if self._remaining is not None:
+                    want = min(want, self._remaining)
+                n = resp.readinto(buffer[filled:filled + want])
+                if not n:
+                    break
+                if self._remaining is not None:
+                    self._remaining -= n
+                filled += n
+                self.delivered += n
+                self._client._stats.add("GetObject", bytes_received=n)
+        if filled < len(buffer) or self._remaining == 0:
+            self._finish(resp)
+        return filled
+
+    def _drop_skipped(self, resp: Response) -> None:
+        """Read past what precedes the range when the server ignored it."""
+        while self._skip:
+            dropped = len(resp.read(min(self._skip, self._chunk_size)))
+            if not dropped:
+                return  # the body ended: _finish reports it
+            self._skip -= dropped
+
+    def _finish(self, resp: Response) -> None:
+        """The current answer has no more bytes for us: short is an error; complete
+        releases its connection for reuse."""
+        if self._remaining or self._skip:
             raise CosError(0, "ConnectionError", f"body ended {self._remaining} bytes short",
                            operation="GetObject", key=self._key)
-
-    def _trim(self, chunk: bytes) -> bytes:
-        """Drop what precedes the range (``_skip``) and what exceeds it."""
-        if self._skip:
-            cut = min(self._skip, len(chunk))
-            chunk, self._skip = chunk[cut:], self._skip - cut
-        if self._remaining is not None:
-            chunk = chunk[: self._remaining]
-            self._remaining -= len(chunk)
-        return chunk
+        resp.release()
+        self._resp = None
 
     def close(self) -> None:
         if self._resp is not None:
@@ -680,7 +771,7 @@ def _quoted(etag: str) -> str:
     return etag if etag.startswith(('"', "W/")) or etag == "*" else f'"{etag}"'
 
 
-def _request_id(headers: CaseInsensitiveDict) -> str:
+def _request_id(headers: Headers) -> str:
     return headers.get("x-cos-request-id") or headers.get("x-amz-request-id") or ""
 
 
@@ -693,20 +784,23 @@ def _http_time(text: str) -> float:
         return 0.0
 
 
-def _error_body(resp: requests.Response) -> bytes:
+def _error_body(resp: Response) -> bytes:
     """The body of an error answer; empty if the connection broke while reading it:
     the status line already says what happened, and a 412 cut short is still a 412."""
     try:
-        return resp.content
+        body = resp.read()
     except _TRANSPORT_ERRORS:
+        resp.close()
         return b""
+    resp.release()
+    return body
 
 
-def _raise_error_body(call: _Call, resp: requests.Response) -> None:
+def _raise_error_body(call: _Call, resp: _Answer) -> None:
     """COS may answer 200 to copy and complete with an ``<Error>`` body."""
     parsed = parse_error(resp.content)
     if parsed is not None:
-        raise CosError(resp.status_code, parsed.code or "InternalError", parsed.message,
+        raise CosError(resp.status, parsed.code or "InternalError", parsed.message,
                        _request_id(resp.headers) or parsed.request_id,
                        operation=call.op, key=call.key)
 
@@ -716,10 +810,13 @@ def _translated(call: _Call) -> Iterator[None]:
     """Turn the HTTP stack's exceptions into CosError (status 0: no answer)."""
     try:
         yield
-    except requests.exceptions.SSLError as e:
-        raise _transport(call, "SSLError", e) from None
-    except (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as e:
+    except TimeoutError as e:  # socket.timeout is TimeoutError
         raise _transport(call, "Timeout", e) from None
+    except ssl.SSLError as e:
+        # A certificate or protocol failure will not pass on retry; a TLS stream
+        # cut short is a lost connection like any other.
+        code = "ConnectionError" if isinstance(e, _TLS_CUT) else "SSLError"
+        raise _transport(call, code, e) from None
     except _TRANSPORT_ERRORS as e:
         raise _transport(call, "ConnectionError", e) from None
 
