@@ -308,6 +308,8 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
             ready()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_on_signals, nursery.cancel_scope)
+                nursery.start_soon(set_kernel_readahead, p.mountpoint,
+                                   p.data_tuning.kernel_readahead)
                 await pyfuse3.main(min_tasks=4, max_tasks=64)
                 nursery.cancel_scope.cancel()
             clean = True
@@ -327,6 +329,29 @@ async def _on_signals(scope: trio.CancelScope) -> None:
             log.info("signal %s: finishing uploads and unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+async def set_kernel_readahead(mountpoint: str, size: int) -> None:
+    """Set the kernel's read-ahead for the mount at ``mountpoint`` to ``size`` bytes
+    (``/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`` of its device). FUSE mounts start
+    at 128 KiB, so a sequential read arrives as 128 KiB requests, each a round trip
+    through the interpreter; with more read-ahead the kernel asks for larger pieces.
+
+    The kernel resets the value when it gets the answer to FUSE's INIT, so this
+    runs once the mount serves: the ``stat`` of the mount point (in a thread; this
+    loop answers it) returns only after INIT. Best effort: without root (or
+    without sysfs) the kernel's default stays, and a debug line says why."""
+    if size <= 0:
+        return
+    try:
+        st = await trio.to_thread.run_sync(os.stat, mountpoint)
+        device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(str(max(4, size // 1024)))
+        log.debug("read-ahead of %s (bdi %s) set to %d KiB", mountpoint, device,
+                  size // 1024)
+    except OSError as exc:
+        log.debug("could not set the read-ahead of %s: %s", mountpoint, exc)
 
 
 def _is_mounted(real_path: str) -> bool:
