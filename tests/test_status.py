@@ -75,7 +75,8 @@ def test_status_shows_upload_progress(mounter, cos_server, client):
 def test_status_json_every_mount(mounter, cos_server, client):
     a = mounter(name="a")
     b = mounter(["ro"], name="b")
-    client.put_object("seen.txt", b"x" * 300_000)
+    # Large enough for several FUSE reads even with the mount's 2 MiB kernel read-ahead.
+    client.put_object("seen.txt", b"x" * (8 << 20))
     write_file(a.path / "small.txt", b"hello")
     with open(b.path / "seen.txt", "rb") as f:  # sequential reads: read-ahead at work
         while f.read(4096):
