@@ -121,3 +121,20 @@ def test_sigv4_payload_hash(recorder: Recorder) -> None:
     assert small["x-amz-content-sha256"] == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
     assert streamed["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+
+
+def test_requests_without_a_body_still_say_their_length(recorder: Recorder) -> None:
+    """S3-like servers refuse a PUT or POST without Content-Length (411); GET and
+    HEAD send none. The length of an empty body is not part of the signature."""
+    client = client_for(recorder)
+    with pytest.raises(CosError, match="MalformedResponse"):  # the recorder sends no XML
+        client.create_multipart_upload("k")
+    with pytest.raises(CosError, match="MalformedResponse"):
+        client.copy_object("a", "b")
+    client.delete_object("k")
+    client.head_object("k")
+    sent = {line.split(" ")[0]: headers for line, headers in recorder.requests[-4:]}
+    for method in ("POST", "PUT", "DELETE"):
+        assert sent[method]["content-length"] == "0", method
+        assert "content-length" not in sent[method]["authorization"], method
+    assert "content-length" not in sent["HEAD"]

@@ -544,6 +544,10 @@ class CosClient:
         if self.config.token:
             headers[f"{self._x}security-token"] = self.config.token
         self._sign(call, headers)
+        if call.payload is None and call.method not in ("GET", "HEAD"):
+            # A PUT or POST without a length is refused (411) by S3-like servers; sent
+            # unsigned, as the HTTP library this client used before sent it.
+            headers["Content-Length"] = "0"
         headers["User-Agent"] = self._user_agent
         # Objects stored with Content-Encoding must come back byte for byte.
         headers["Accept-Encoding"] = "identity"
