@@ -130,7 +130,7 @@ class Operations(pyfuse3.Operations):
     def _uploaded_in_background(self, f: Any, info: ObjectInfo) -> None:
         node = self.ns.inodes.get(f.ino)
         if node is not None:
-            self.ns.uploaded(node, info)
+            self.ns.uploaded(node, info, f.metadata)
             if f.dirty:  # changed again since that upload began: the cache is newer
                 node.attr.size = f.size
                 node.local = True
@@ -227,7 +227,7 @@ class Operations(pyfuse3.Operations):
             return
         metadata, ctype = self._upload_args(inode)
         info = await (f.fsync(metadata, ctype) if sync else f.flush(metadata, ctype))
-        self.ns.uploaded(inode, info)
+        self.ns.uploaded(inode, info, metadata)
         if f.dirty:  # write-back mode: still uploading in the background
             inode.local = True
         await self._readers_follow(inode)
@@ -302,14 +302,17 @@ class Operations(pyfuse3.Operations):
             node.attr.mode, node.attr.uid, node.attr.gid, node.attr.mtime_ns)
         new.ctime_ns = now
         if changed and not fields.update_size:
-            await self._store_attr(node, new)
+            await self._store_attr(node, new, defer=True)
         else:
             node.attr = new
             if fields.update_size:
                 await self._flush_inode(node)
         return self.entry(node)
 
-    async def _store_attr(self, node: Inode, new: meta.Attr) -> None:
+    async def _store_attr(self, node: Inode, new: meta.Attr, *, defer: bool = False) -> None:
+        """Give ``node`` the attributes ``new`` on the server. ``defer``: a clean
+        file's metadata copy may wait (``Namespace.defer_attr``; chmod, chown,
+        utime); xattr changes are stored before the call returns."""
         # Data waiting in the cache after a failed upload goes up now, with it.
         held = await self._hold_below(node)
         try:
@@ -323,9 +326,19 @@ class Operations(pyfuse3.Operations):
                     await self._flush_inode(node, sync=True)
             else:
                 # Nothing pending (an open file not written to, even if truncated to
-                # its own size): only a copy onto itself stores the metadata.
-                await self.ns.store_attr(node, new)
-                await self._readers_follow(node)
+                # its own size): only a copy onto itself stores the metadata. It
+                # rewrites the Content-Type too: keep the object's.
+                new.content_type = node.attr.content_type or \
+                    self.content_type(self.ns.key_of(node))
+                if defer and self.ns.can_defer(node):
+                    # The copy waits a moment for the next change (rsync's utime,
+                    # then chmod) or the rename that carries it. Open handles do not
+                    # mind: a metadata copy keeps the ETag, and an upload of new
+                    # data carries the metadata itself.
+                    await self.ns.defer_attr(node, new)
+                else:
+                    await self.ns.store_attr(node, new)
+                    await self._readers_follow(node)
         finally:
             await self._release_held(held)
 
@@ -775,12 +788,17 @@ class Operations(pyfuse3.Operations):
         h = self._handle(fh)
         if h.staged is not None:
             await self._flush_inode(h.inode)
+            # A deferred chmod/utime goes up with the data (or alone if there was
+            # none to send). Read-only handles leave it waiting: rsync opens the
+            # file only to fchmod it, right before the rename that carries it.
+            await self.ns.apply_pending(h.inode.ino)
 
     @fuse_op
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
         if h.staged is not None:
             await self._flush_inode(h.inode, sync=True)
+        await self.ns.apply_pending(h.inode.ino)
 
     @fuse_op
     async def release(self, fh: int) -> None:
@@ -873,4 +891,5 @@ class Operations(pyfuse3.Operations):
             node = self.ns.inodes.get(ino)
             if node is not None:
                 await self._flush_inode(node, sync=True)
+        await self.ns.apply_all_pending()
         await trio.sleep(0)

@@ -5,7 +5,8 @@ Two parts, each suited to its rate of change:
 
 * ``Journal``: SQLite (WAL) in the cache directory, one row per staged file while
   it is dirty (key, staging file name, the base object's key/ETag/size, the last
-  metadata) and one row per open multipart upload. Rows change a few times per
+  metadata), one row per open multipart upload, and one per clean object whose
+  new metadata (a deferred chmod/chown/utime) is not on it yet. Rows change a few times per
   file (first write, upload start, upload end), never per write().
 * ``ExtentLog``: next to each staging file, an append-only log of the writes and
   truncates applied to it, one small record per call. Replaying it through a
@@ -49,6 +50,13 @@ CREATE TABLE IF NOT EXISTS staged (
     content_type TEXT,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pending_meta (
+    key TEXT PRIMARY KEY,          -- an object whose new metadata is not on it yet
+    etag TEXT NOT NULL,            -- the object it is for: applied only while unchanged
+    metadata TEXT NOT NULL,
+    content_type TEXT,
+    created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS uploads (
     upload_id TEXT PRIMARY KEY,
     key TEXT NOT NULL,
@@ -80,6 +88,16 @@ class StagedRecord:
     content_type: str | None = None
     created: float = field(default_factory=time.time)
     id: int | None = None
+
+
+@dataclass(frozen=True)
+class MetadataRecord:
+    """Metadata a clean object must get (a deferred chmod/chown/utime)."""
+
+    key: str
+    etag: str
+    metadata: dict[str, str]
+    content_type: str | None
 
 
 @dataclass(frozen=True)
@@ -157,6 +175,22 @@ class Journal:
                              base_etag=r[5], base_size=r[6], base_appendable=bool(r[7]),
                              metadata=json.loads(r[8]), content_type=r[9], created=r[10])
                 for r in rows]
+
+    # -- deferred metadata -----------------------------------------------------
+    def put_metadata(self, rec: MetadataRecord) -> None:
+        """Record (or replace) the metadata ``rec.key`` must get. Committed before
+        the change is acknowledged, so a crash of the mount does not lose it."""
+        self._change("INSERT OR REPLACE INTO pending_meta VALUES (?, ?, ?, ?, ?)",
+                     (rec.key, rec.etag, json.dumps(rec.metadata), rec.content_type,
+                      time.time()))
+
+    def remove_metadata(self, key: str) -> None:
+        self._change("DELETE FROM pending_meta WHERE key=?", (key,))
+
+    def metadata(self) -> list[MetadataRecord]:
+        rows = self._db.execute(
+            "SELECT key, etag, metadata, content_type FROM pending_meta ORDER BY created")
+        return [MetadataRecord(r[0], r[1], json.loads(r[2]), r[3]) for r in rows.fetchall()]
 
     # -- multipart uploads -----------------------------------------------------
     def add_upload(self, upload_id: str, key: str, staged_id: int | None) -> None:

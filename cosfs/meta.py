@@ -74,6 +74,7 @@ class Attr:
     # True when the attributes came from a listing only (no HEAD yet): mode, uid,
     # gid and mtime are the defaults and Last-Modified, not the object's metadata.
     partial: bool = False
+    content_type: str = ""  # the object's, when known: a metadata copy keeps it
 
     @property
     def kind(self) -> int:
@@ -156,6 +157,7 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
         xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
         mtime_set=parse_mtime(meta.get("mtime", "")) is not None,
         partial=info.from_listing,
+        content_type=info.content_type,
     )
 
 

@@ -21,6 +21,11 @@ Invariants
       everything below it without touching the descendants.
     - An inode with ``local`` set (a new file not yet uploaded, or a file with dirty
       staged data) is authoritative: it is never revalidated against the server.
+      So is one in ``pending`` (new metadata waiting to be copied onto its object,
+      see ``defer_attr``); every pending entry has a journal row until stored.
+    - ``attr.partial`` (attributes from a listing only) is only ever seen by
+      readdir; ``lookup``, ``getattr`` and ``complete`` return full attributes.
+      A partial file is never a possible symlink (its size rules that out).
     - Our own changes update the caches at once; other clients' changes show once
       ``ttl`` has passed.
 
@@ -47,6 +52,7 @@ from cosfs import meta, names
 from cosfs.aio import AsyncClient
 from cosfs.background import TaskSet
 from cosfs.cos import CosError, ListPage, ObjectInfo
+from cosfs.journal import Journal, MetadataRecord
 from cosfs.meta import Attr, Defaults
 
 log = logging.getLogger(__name__)
@@ -102,6 +108,19 @@ class MetaTuning:
     fill_window_max: int = 1024  # doubled by each later one, up to this
     probe_keys: int = 200  # keys a directory's completion LIST asks for (kept as its
     #                        listing when that is all of it)
+    meta_delay: float = 1.0  # seconds a closed file's chmod/chown/utime may wait for
+    #                          company (0: stored at once)
+
+
+@dataclass
+class PendingMeta:
+    """New metadata of a clean file, not on its object yet (see ``defer_attr``)."""
+
+    key: str
+    etag: str  # the object it is for: stored only while the object is unchanged
+    attr: Attr
+    content_type: str
+    due: float  # trio clock: stored by then at the latest
 
 
 @dataclass
@@ -148,6 +167,12 @@ class Namespace:
         self._plans: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._fill_limit = trio.CapacityLimiter(self.tuning.fill_parallel)
         self._fill_tasks = TaskSet("attrs")
+        # Deferred metadata (see ``defer_attr``): inode -> what its object must get,
+        # and the inodes whose self-copy is under way.
+        self.journal: Journal | None = None  # set by the mount: makes them survive a crash
+        self.pending: dict[int, PendingMeta] = {}
+        self._applying: dict[int, trio.Event] = {}
+        self._applier_running = False
 
     @property
     def _cache_on(self) -> bool:
@@ -190,7 +215,7 @@ class Namespace:
         ino = self.children.get((parent.ino, name))
         inode = self.inodes.get(ino) if ino is not None else None
         if inode is not None and inode.attr.kind == attr.kind:
-            if not inode.local:
+            if not self._authoritative(inode):
                 inode.attr = attr
                 inode.has_marker = has_marker
             inode.local = inode.local or local
@@ -204,6 +229,11 @@ class Namespace:
             self.children[(parent.ino, name)] = inode.ino
         inode.expires = self._expiry()
         return inode
+
+    def _authoritative(self, inode: Inode) -> bool:
+        """What we hold for ``inode`` is newer than the server's (unsent data, or
+        metadata waiting in ``pending``): never replaced by what the server says."""
+        return inode.local or inode.ino in self.pending
 
     def _detach(self, parent_ino: int, name: str) -> None:
         ino = self.children.pop((parent_ino, name), None)
@@ -268,7 +298,8 @@ class Namespace:
             raise OSError(errno.ENOTDIR, "not a directory")
         ino = self.children.get((parent_ino, name))
         inode = self.inodes.get(ino) if ino is not None else None
-        if inode is not None and (inode.local or inode.expires > trio.current_time()):
+        if inode is not None and (self._authoritative(inode)
+                                  or inode.expires > trio.current_time()):
             return await self.complete(inode) if complete else inode
         if (parent_ino, name) in self.negative:
             raise OSError(errno.ENOENT, "no such file or directory")
@@ -353,7 +384,8 @@ class Namespace:
         inode = self.get(ino)
         if inode.attr.partial:
             return await self.complete(inode)
-        if (inode.local or inode.is_dir() or inode.expires > trio.current_time()
+        if (self._authoritative(inode) or inode.is_dir()
+                or inode.expires > trio.current_time()
                 or self.children.get((inode.parent, inode.name)) != ino):
             return inode
         parent = self.inodes.get(inode.parent)
@@ -568,9 +600,8 @@ class Namespace:
             if name not in listing.entries:  # a directory of that name wins
                 listing.entries[name] = DirEntry(name, False, info)
 
-    @staticmethod
-    def _still_valid(inode: Inode, e: DirEntry) -> bool:
-        if inode.local:
+    def _still_valid(self, inode: Inode, e: DirEntry) -> bool:
+        if self._authoritative(inode):
             return True
         if e.info is None:
             return inode.is_dir()
@@ -703,8 +734,10 @@ class Namespace:
             inode.symlink_target = data.decode("utf-8", "surrogateescape")
         return inode.symlink_target
 
-    def uploaded(self, inode: Inode, info: ObjectInfo | None) -> None:
-        """Record the object a flush of ``inode`` produced."""
+    def uploaded(self, inode: Inode, info: ObjectInfo | None,
+                 metadata: dict[str, str] | None = None) -> None:
+        """Record the object a flush of ``inode`` produced, carrying ``metadata``
+        (None: not known)."""
         if info is None:
             return
         inode.attr.etag = info.etag
@@ -716,6 +749,7 @@ class Namespace:
             inode.attr.mtime_ns = int(info.last_modified * 1_000_000_000)
         inode.last_open_etag = info.etag
         inode.local = False
+        self._rebase_pending(inode.ino, info.etag, metadata)
         self.object_attrs[info.key] = (info.etag, replace(inode.attr, partial=False))
         parent = self.inodes.get(inode.parent)
         if parent is not None and self.children.get((parent.ino, inode.name)) == inode.ino:
@@ -731,6 +765,8 @@ class Namespace:
         if inode.is_dir():
             raise OSError(errno.EISDIR, "is a directory")
         key = self.key_of(inode)
+        await self._settle(inode.ino)
+        self._drop_pending(inode.ino)  # its object goes: nothing to store it on
         if inode.attr.etag:  # a local-only file has nothing on the server yet
             await self.aclient.delete_object(key)
         self.object_attrs.pop(key, None)
@@ -782,12 +818,175 @@ class Namespace:
                 # COS cannot copy appendable objects, so their metadata cannot change
                 # without rewriting the data: refuse rather than pretend.
                 raise OSError(errno.EOPNOTSUPP, "appendable objects keep their metadata")
-            etag = await self.aclient.copy_object(key, key, metadata=meta.metadata_for(attr),
-                                                  content_type=meta.DEFAULT_CONTENT_TYPE)
+            await self._settle(inode.ino)
+            etag = await self.aclient.copy_object(
+                key, key, metadata=meta.metadata_for(attr),
+                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE)
             attr.etag = etag
             self.object_attrs[key] = (etag, attr)
+            self._drop_pending(inode.ino)  # this copy carried everything
         inode.attr = attr
         inode.expires = self._expiry()
+
+    # -- deferred metadata -----------------------------------------------------------
+
+    def can_defer(self, inode: Inode) -> bool:
+        """Whether a metadata change of ``inode`` may wait (see ``defer_attr``): a
+        regular file whose object is on the server and can be copied."""
+        a = inode.attr
+        return self.tuning.meta_delay > 0 and stat.S_ISREG(a.mode) and bool(a.etag) \
+            and not a.appendable and not inode.local and a.size <= COPY_LIMIT
+
+    async def defer_attr(self, inode: Inode, attr: Attr) -> None:
+        """Take new metadata of a clean, closed file (:meth:`can_defer`) and store it
+        on the object later, so that several changes (rsync's utime then chmod) cost
+        one request, and a rename that follows carries them in its copy instead.
+
+        ``inode`` shows ``attr`` at once; the server gets it within ``meta_delay``
+        seconds, or sooner: at :meth:`apply_pending` (fsync, close, unmount), a
+        rename (its copy carries it), an upload of the file (which carries it); an
+        unlink drops it. It is recorded in the journal before this returns, and a
+        mount after a crash stores it if the object is still the one it was for
+        (:meth:`recover_metadata`). Stored with the object's ETag as condition: an
+        object changed on the server meanwhile keeps its own metadata.
+        """
+        if not meta.fits_metadata_limit(attr):
+            raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
+        await self._settle(inode.ino)  # a self-copy under way still has the old values
+        key = self.key_of(inode)
+        ctype = attr.content_type or meta.DEFAULT_CONTENT_TYPE
+        if self.journal is not None:
+            self.journal.put_metadata(MetadataRecord(key, attr.etag,
+                                                     meta.metadata_for(attr), ctype))
+        old = self.pending.get(inode.ino)
+        due = old.due if old is not None else trio.current_time() + self.tuning.meta_delay
+        self.pending[inode.ino] = PendingMeta(key, attr.etag, attr, ctype, due)
+        inode.attr = attr
+        inode.expires = self._expiry()
+        if not self._applier_running:
+            self._applier_running = True
+            self._fill_tasks.spawn(self._apply_due)
+
+    async def _apply_due(self) -> None:
+        """Background: store pending metadata as it falls due, until none is left."""
+        try:
+            while self.pending:
+                now = trio.current_time()
+                due = [ino for ino, p in self.pending.items() if p.due <= now]
+                if not due:
+                    await trio.sleep(min(p.due for p in self.pending.values()) - now)
+                    continue
+                async with trio.open_nursery() as nursery:
+                    for ino in due:
+                        nursery.start_soon(self._apply_logged, ino)
+        finally:
+            self._applier_running = False
+
+    async def _apply_logged(self, ino: int) -> None:
+        try:
+            await self.apply_pending(ino)
+        except (CosError, OSError) as exc:
+            log.warning("cannot store new metadata yet (%s); will try again", exc)
+
+    async def apply_pending(self, ino: int) -> None:
+        """Store ``ino``'s deferred metadata now (nothing if it has none): one copy
+        of the object onto itself, on condition that it is unchanged. A failure
+        keeps it pending (retried later) and raises."""
+        await self._settle(ino)
+        p = self.pending.pop(ino, None)
+        if p is None:
+            return
+        done = self._applying[ino] = trio.Event()
+        try:
+            etag = await self.aclient.copy_object(
+                p.key, p.key, metadata=meta.metadata_for(p.attr),
+                content_type=p.content_type, if_match=p.etag)
+        except CosError as exc:
+            if exc.status not in (404, 412):
+                retry = trio.current_time() + 5 * self.tuning.meta_delay
+                self.pending.setdefault(ino, replace(p, due=retry))
+                raise
+            log.warning("%r changed on the server before its new metadata was stored; "
+                        "it keeps the server's", p.key)
+            self._forget_metadata(p.key)
+            inode = self.inodes.get(ino)
+            if inode is not None:
+                inode.expires = 0.0  # show what the server has
+        else:
+            self._forget_metadata(p.key)
+            self.object_attrs[p.key] = (etag, p.attr)
+        finally:
+            del self._applying[ino]
+            done.set()
+
+    async def apply_all_pending(self) -> None:
+        """Store every deferred change now (clean unmount, directory rename)."""
+        async with trio.open_nursery() as nursery:
+            for ino in list(self.pending):
+                nursery.start_soon(self.apply_pending, ino)
+
+    async def _settle(self, ino: int) -> None:
+        """Wait for a self-copy of ``ino``'s object under way (it must not land
+        after a rename's copy, or carry values older than a newer change)."""
+        while (running := self._applying.get(ino)) is not None:
+            await running.wait()
+
+    def _take_pending(self, ino: int) -> PendingMeta | None:
+        """The deferred metadata of ``ino`` for a caller whose request carries it
+        (call :meth:`_settle` first); its journal row stays until that succeeded."""
+        return self.pending.pop(ino, None)
+
+    def _rebase_pending(self, ino: int, etag: str, carried: dict[str, str] | None) -> None:
+        """An upload replaced ``ino``'s object: deferred metadata it carried is done;
+        metadata it did not (the upload began before the change, in write-back
+        mode) is now for the new object."""
+        p = self.pending.get(ino)
+        if p is None:
+            return
+        if carried == meta.metadata_for(p.attr):
+            self._drop_pending(ino)
+            return
+        p.etag = etag
+        if self.journal is not None:
+            try:
+                self.journal.put_metadata(MetadataRecord(
+                    p.key, etag, meta.metadata_for(p.attr), p.content_type))
+            except OSError as exc:  # the change is stored within a second anyway
+                log.warning("the cache journal cannot record metadata of %r: %s", p.key, exc)
+
+    def _drop_pending(self, ino: int) -> None:
+        p = self.pending.pop(ino, None)
+        if p is not None:
+            self._forget_metadata(p.key)
+
+    def _forget_metadata(self, key: str) -> None:
+        if self.journal is not None:
+            try:
+                self.journal.remove_metadata(key)
+            except OSError as exc:  # a full cache disk: recovery finds it applied
+                log.warning("the cache journal cannot forget metadata of %r: %s", key, exc)
+
+    async def recover_metadata(self) -> int:
+        """At mount: store the metadata a crash left pending, on objects still the
+        ones it was for. Returns how many objects got theirs."""
+        if self.journal is None:
+            return 0
+        stored = 0
+        for rec in self.journal.metadata():
+            try:
+                await self.aclient.copy_object(rec.key, rec.key, metadata=rec.metadata,
+                                               content_type=rec.content_type,
+                                               if_match=rec.etag)
+                stored += 1
+            except CosError as exc:
+                if exc.status not in (404, 412):
+                    log.warning("could not store the pending metadata of %r (%s); "
+                                "will try at the next mount", rec.key, exc)
+                    continue
+                log.warning("%r changed or went before its pending metadata was "
+                            "stored; it keeps the server's", rec.key)
+            self._forget_metadata(rec.key)
+        return stored
 
     # -- rename --------------------------------------------------------------------
 
@@ -826,7 +1025,11 @@ class Namespace:
             names.check_key(new_key, directory=src.is_dir())
             if before_copy is not None:
                 await before_copy(src)  # type: ignore[operator]
+            if dst is not None:
+                await self._settle(dst.ino)
+                self._drop_pending(dst.ino)  # its object is replaced
             if src.is_dir():
+                await self.apply_all_pending()  # the copies below keep what is stored
                 await self._move_tree(old_key, new_key)
             elif src.attr.etag:  # an object exists (staged data was flushed first)
                 await self._move_object(src, old_key, new_key)
@@ -871,21 +1074,43 @@ class Namespace:
             self._note_change(dst_parent, new_name, self._file_entry(src, new_name))
 
     async def _move_object(self, src: Inode, old_key: str, new_key: str) -> None:
-        info = await self.copy_object(old_key, new_key, src.attr)
+        await self._settle(src.ino)
+        carry = self._take_pending(src.ino)
+        try:
+            info = await self.copy_object(old_key, new_key, src.attr, carry=carry)
+        except CosError as exc:
+            if carry is None or exc.status != 412:
+                if carry is not None:
+                    self.pending.setdefault(src.ino, carry)
+                raise
+            log.warning("%r changed on the server before its new metadata was stored; "
+                        "it keeps the server's", old_key)
+            src.expires = 0.0
+            info = await self.copy_object(old_key, new_key, src.attr)
         await self.aclient.delete_object(old_key)
+        if carry is not None:
+            self._forget_metadata(carry.key)
         cached = self.object_attrs.pop(old_key, None)
         src.attr.etag = info
         if cached is not None:
             self.object_attrs[new_key] = (info, src.attr)
 
-    async def copy_object(self, src_key: str, dst_key: str, attr: Attr) -> str:
-        """Server-side copy keeping metadata; returns the new ETag. Objects over 5 GB
-        are copied part by part; appendable ones (which COS cannot copy) are
-        re-appended from a download, so they stay appendable."""
+    async def copy_object(self, src_key: str, dst_key: str, attr: Attr,
+                          carry: PendingMeta | None = None) -> str:
+        """Server-side copy keeping metadata; returns the new ETag. With ``carry``
+        the copy replaces the metadata with ``attr``'s, on condition that the
+        source is still the object ``carry`` was for (else CosError 412). Objects
+        over 5 GB are copied part by part; appendable ones (which COS cannot copy)
+        are re-appended from a download, so they stay appendable; both always
+        write ``attr``'s metadata."""
         if attr.appendable:
             return await self._copy_appendable(src_key, dst_key, attr)
         if attr.size <= COPY_LIMIT:
-            return await self.aclient.copy_object(src_key, dst_key)
+            if carry is None:
+                return await self.aclient.copy_object(src_key, dst_key)
+            return await self.aclient.copy_object(
+                src_key, dst_key, metadata=meta.metadata_for(attr),
+                content_type=carry.content_type, if_match=carry.etag)
         from cosfs.cos import PartInfo
 
         upload = await self.aclient.create_multipart_upload(

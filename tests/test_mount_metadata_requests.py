@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 
 from conftest import ServerProcess
 
@@ -100,3 +101,111 @@ def test_negative_lookups_in_a_fresh_listing_cost_nothing(mounter, client, cos_s
     assert (m.path / "d" / "c").read_bytes() == b"1"
     counts = ops(cos_server)
     assert counts.get("HeadObject", 0) == 0 and counts.get("ListObjects", 0) == 0
+
+
+def head_meta(client, key: str) -> dict[str, str]:
+    return client.head_object(key).metadata
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_rsync_costs_one_put_one_copy_one_delete_per_file(mounter, cos_server, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    n = 12
+    for i in range(n):
+        f = src / ("sub" if i % 2 else "") / f"f{i}"
+        f.write_bytes(os.urandom(100 + i))
+        os.chmod(f, 0o600 if i % 3 else 0o640)
+        os.utime(f, ns=(1_500_000_000_000_000_000 + i, 1_500_000_000_123_456_789 + i))
+    m = mounter()
+    cos_server.reset_stats()
+    run("rsync", "-a", f"{src}/", f"{m.path / 'dst'}/")
+    counts = ops(cos_server)
+    # Two directories: a marker each, and one more PUT each for the attributes rsync
+    # sets on them at the end.
+    assert counts.get("PutObject", 0) <= n + 4
+    assert counts.get("PutObjectCopy", 0) == n  # the rename, carrying utime and chmod
+    assert counts.get("DeleteObject", 0) == n
+    assert counts.get("HeadObject", 0) + counts.get("ListObjects", 0) <= 4
+    m.remount()
+    for i in range(n):
+        rel = os.path.join("sub" if i % 2 else "", f"f{i}")
+        want, got = os.stat(src / rel), os.stat(m.path / "dst" / rel)
+        assert (got.st_mode, got.st_mtime_ns, got.st_size) == (
+            want.st_mode, want.st_mtime_ns, want.st_size)
+    out = run("rsync", "-a", "--stats", f"{src}/", f"{m.path / 'dst'}/")
+    assert "Number of regular files transferred: 0" in out
+
+
+def test_metadata_changes_of_a_closed_file_share_one_request(mounter, client, cos_server):
+    m = mounter()
+    p = m.path / "f"
+    p.write_bytes(b"data")
+    cos_server.reset_stats()
+    os.chmod(p, 0o600)
+    os.utime(p, ns=(1_000_000_000, 1_234_567_890_000_000_001))
+    st = os.stat(p)  # at once, before the server has it
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime_ns == 1_234_567_890_000_000_001
+    assert wait_for(lambda: head_meta(client, "f").get("mtime") == "1234567890.000000001")
+    assert int(head_meta(client, "f")["mode"]) == stat.S_IFREG | 0o600
+    assert ops(cos_server).get("PutObjectCopy", 0) == 1
+    assert client.get_object("f") == b"data"
+
+
+def test_deferred_metadata_is_stored_at_unmount_and_fsync(mounter, client):
+    m = mounter()
+    (m.path / "a").write_bytes(b"a")
+    (m.path / "b").write_bytes(b"b")
+    os.chmod(m.path / "b", 0o604)
+    fd = os.open(m.path / "b", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        assert int(head_meta(client, "b")["mode"]) == stat.S_IFREG | 0o604
+    finally:
+        os.close(fd)
+    os.chmod(m.path / "a", 0o606)
+    m.unmount()
+    assert int(head_meta(client, "a")["mode"]) == stat.S_IFREG | 0o606
+
+
+def test_deferred_metadata_survives_a_crash_of_the_mount(mounter, client):
+    m = mounter()
+    (m.path / "f").write_bytes(b"kept")
+    (m.path / "g").write_bytes(b"old")
+    os.chmod(m.path / "f", 0o611)
+    os.chmod(m.path / "g", 0o622)
+    m.kill()  # before the delay ran out
+    assert int(head_meta(client, "f")["mode"]) == stat.S_IFREG | 0o644
+    # g changes on the server meanwhile: it must keep what the server has.
+    client.put_object("g", b"new", metadata={"mode": str(stat.S_IFREG | 0o640)})
+    m.start()
+    assert int(head_meta(client, "f")["mode"]) == stat.S_IFREG | 0o611
+    assert client.get_object("f") == b"kept"
+    assert int(head_meta(client, "g")["mode"]) == stat.S_IFREG | 0o640
+    assert client.get_object("g") == b"new"
+    assert stat.S_IMODE(os.stat(m.path / "f").st_mode) == 0o611
+
+
+def test_an_object_replaced_on_the_server_keeps_its_data_and_metadata(mounter, client):
+    m = mounter()
+    (m.path / "f").write_bytes(b"mine")
+    os.chmod(m.path / "f", 0o600)
+    client.put_object("f", b"theirs", metadata={"mode": str(stat.S_IFREG | 0o640)})
+    time.sleep(2.5)  # the delay has run out: the conditional copy was refused
+    assert client.get_object("f") == b"theirs"
+    assert int(head_meta(client, "f")["mode"]) == stat.S_IFREG | 0o640
+    # The same when the change rides on a rename.
+    (m.path / "r").write_bytes(b"mine")
+    os.chmod(m.path / "r", 0o600)
+    client.put_object("r", b"theirs", metadata={"mode": str(stat.S_IFREG | 0o640)})
+    os.rename(m.path / "r", m.path / "s")
+    assert client.get_object("s") == b"theirs"
+    assert int(head_meta(client, "s")["mode"]) == stat.S_IFREG | 0o640
