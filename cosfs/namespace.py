@@ -791,6 +791,8 @@ class Namespace:
             raise OSError(errno.ENOTDIR, "not a directory")
         if await self._has_children(inode):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
+        await self._settle(inode.ino)
+        self._drop_pending(inode.ino)  # a later copy would find no marker
         await self.aclient.delete_object(self.key_of(inode) + "/")
         self._detach(parent_ino, name)
         self.listings.pop(inode.ino, None)
@@ -832,15 +834,22 @@ class Namespace:
 
     def can_defer(self, inode: Inode) -> bool:
         """Whether a metadata change of ``inode`` may wait (see ``defer_attr``): a
-        regular file whose object is on the server and can be copied."""
+        regular file whose object is on the server and can be copied, or a
+        directory with a marker (rsync sets a directory's mode and mtime after it
+        made it: two more PUTs of the marker otherwise)."""
         a = inode.attr
-        return self.tuning.meta_delay > 0 and stat.S_ISREG(a.mode) and bool(a.etag) \
-            and not a.appendable and not inode.local and a.size <= COPY_LIMIT
+        if self.tuning.meta_delay <= 0 or inode.local:
+            return False
+        if inode.is_dir():
+            return inode.has_marker and inode.ino != ROOT_INODE
+        return stat.S_ISREG(a.mode) and bool(a.etag) and not a.appendable \
+            and a.size <= COPY_LIMIT
 
     async def defer_attr(self, inode: Inode, attr: Attr) -> None:
-        """Take new metadata of a clean, closed file (:meth:`can_defer`) and store it
-        on the object later, so that several changes (rsync's utime then chmod) cost
-        one request, and a rename that follows carries them in its copy instead.
+        """Take new metadata of a clean file or a directory's marker
+        (:meth:`can_defer`) and store it on the object later, so that several
+        changes (rsync's utime then chmod) cost one request, and a rename that
+        follows carries them in its copy instead.
 
         ``inode`` shows ``attr`` at once; the server gets it within ``meta_delay``
         seconds, or sooner: at :meth:`apply_pending` (fsync, close, unmount), a
@@ -854,13 +863,18 @@ class Namespace:
             raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
         await self._settle(inode.ino)  # a self-copy under way still has the old values
         key = self.key_of(inode)
-        ctype = attr.content_type or meta.DEFAULT_CONTENT_TYPE
+        if inode.is_dir():
+            key, ctype = key + "/", meta.DIR_CONTENT_TYPE  # the marker gets it
+        else:
+            ctype = attr.content_type or meta.DEFAULT_CONTENT_TYPE
         if self.journal is not None:
             self.journal.put_metadata(MetadataRecord(key, attr.etag,
                                                      meta.metadata_for(attr), ctype))
         old = self.pending.get(inode.ino)
         due = old.due if old is not None else trio.current_time() + self.tuning.meta_delay
-        self.pending[inode.ino] = PendingMeta(key, attr.etag, attr, ctype, due)
+        # A snapshot: what is stored is what was set, as with an immediate copy
+        # (a directory's in-memory mtime moves on with changes inside it).
+        self.pending[inode.ino] = PendingMeta(key, attr.etag, replace(attr), ctype, due)
         inode.attr = attr
         inode.expires = self._expiry()
         if not self._applier_running:
@@ -919,11 +933,17 @@ class Namespace:
             del self._applying[ino]
             done.set()
 
-    async def apply_all_pending(self) -> None:
-        """Store every deferred change now (clean unmount, directory rename)."""
+    async def apply_all_pending(self, *, strict: bool = False) -> None:
+        """Store every deferred change now, and wait for the copies the background
+        already started. ``strict`` (a directory rename, whose copies must find
+        every change stored) raises the first failure; otherwise (unmount) a
+        failure is logged and the change stays in the journal for the next mount."""
+        apply = self.apply_pending if strict else self._apply_logged
         async with trio.open_nursery() as nursery:
             for ino in list(self.pending):
-                nursery.start_soon(self.apply_pending, ino)
+                nursery.start_soon(apply, ino)
+            for event in list(self._applying.values()):
+                nursery.start_soon(event.wait)
 
     async def _settle(self, ino: int) -> None:
         """Wait for a self-copy of ``ino``'s object under way (it must not land
@@ -1029,7 +1049,7 @@ class Namespace:
                 await self._settle(dst.ino)
                 self._drop_pending(dst.ino)  # its object is replaced
             if src.is_dir():
-                await self.apply_all_pending()  # the copies below keep what is stored
+                await self.apply_all_pending(strict=True)  # the copies keep what is stored
                 await self._move_tree(old_key, new_key)
             elif src.attr.etag:  # an object exists (staged data was flushed first)
                 await self._move_object(src, old_key, new_key)
