@@ -58,6 +58,8 @@ from cosfs.meta import Attr, Defaults
 log = logging.getLogger(__name__)
 
 ROOT_INODE = 1
+# Storage classes whose objects COS refuses to copy until restored.
+_UNCOPYABLE = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})
 # Server-side copy of one object is limited to 5 GB; larger ones go part by part.
 COPY_LIMIT = 5 * 1024**3
 COPY_PART = 1024**3
@@ -842,8 +844,9 @@ class Namespace:
             return False
         if inode.is_dir():
             return inode.has_marker and inode.ino != ROOT_INODE
+        # Archived objects cannot be copied: their chmod must fail now (EACCES).
         return stat.S_ISREG(a.mode) and bool(a.etag) and not a.appendable \
-            and a.size <= COPY_LIMIT
+            and a.size <= COPY_LIMIT and a.storage_class not in _UNCOPYABLE
 
     async def defer_attr(self, inode: Inode, attr: Attr) -> None:
         """Take new metadata of a clean file or a directory's marker
@@ -916,12 +919,15 @@ class Namespace:
                 p.key, p.key, metadata=meta.metadata_for(p.attr),
                 content_type=p.content_type, if_match=p.etag)
         except CosError as exc:
-            if exc.status not in (404, 412):
+            if exc.status == 0 or exc.status >= 500:  # no answer, or a server fault
                 retry = trio.current_time() + 5 * self.tuning.meta_delay
                 self.pending.setdefault(ino, replace(p, due=retry))
                 raise
-            log.warning("%r changed on the server before its new metadata was stored; "
-                        "it keeps the server's", p.key)
+            if exc.status in (404, 412):
+                log.warning("%r changed on the server before its new metadata was "
+                            "stored; it keeps the server's", p.key)
+            else:  # refused (e.g. 403): asking again would not change the answer
+                log.warning("new metadata of %r refused, dropped: %s", p.key, exc)
             self._forget_metadata(p.key)
             inode = self.inodes.get(ino)
             if inode is not None:
@@ -999,12 +1005,12 @@ class Namespace:
                                                if_match=rec.etag)
                 stored += 1
             except CosError as exc:
-                if exc.status not in (404, 412):
+                if exc.status == 0 or exc.status >= 500:
                     log.warning("could not store the pending metadata of %r (%s); "
                                 "will try at the next mount", rec.key, exc)
                     continue
-                log.warning("%r changed or went before its pending metadata was "
-                            "stored; it keeps the server's", rec.key)
+                log.warning("the pending metadata of %r was not stored (%s): the object "
+                            "changed, went, or refuses it", rec.key, exc)
             self._forget_metadata(rec.key)
         return stored
 
