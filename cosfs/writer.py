@@ -488,10 +488,7 @@ class StagedFile:
                 raise
             finally:
                 self._cache.progress.remove(progress)
-            # Every upload reads the metadata at or after ``sent_meta`` was taken, so
-            # a difference now means a change the object may lack.
-            self._meta_stale = (self.metadata, self.content_type) != sent_meta
-            await self._rebase(info)
+            await self._rebase(info, sent_meta)
             return info
 
     async def _send(self, size: int, key: str, progress: UploadProgress) -> ObjectInfo:
@@ -562,11 +559,17 @@ class StagedFile:
         return ObjectInfo(key=key, size=size, etag=etag, last_modified=time.time(),
                           content_type=self.content_type or "", metadata=dict(self.metadata))
 
-    async def _rebase(self, info: ObjectInfo) -> None:
+    async def _rebase(self, info: ObjectInfo,
+                      sent_meta: tuple[dict[str, str], str | None]) -> None:
         """The upload of a snapshot succeeded: ``info`` is the new base, and only the
-        changes made since the snapshot are dirty."""
+        changes made since the snapshot are dirty, metadata included: the upload
+        read the metadata at or after ``sent_meta`` was taken, so a difference
+        means a change the object may lack."""
         async with self._lock:
             assert self._since is not None
+            # Decided here, with no checkpoint before the file turns clean: a
+            # metadata change that sees the file dirty relies on this upload loop.
+            self._meta_stale = (self.metadata, self.content_type) != sent_meta
             self._base = info
             self._map, self._since = self._since, None
             if self._record is None:

@@ -433,6 +433,8 @@ def test_writeback_rename_after_close_keeps_data(mounter, cos_server, bucket, sd
     client = make_client(cos_server, bucket)
     sizes = {o.key: o.size for page in client.iter_list(prefix="d/") for o in page.contents}
     assert sizes == {"d/": 0, **{f"d/f{i}": 12000 for i in range(40)}}  # no stray .t*
+    bad = [i for i in range(40) if "x-cos-meta-mtime" not in sdk_head(sdk, bucket, f"d/f{i}")]
+    assert not bad, bad
     for i in range(40):
         h = sdk_head(sdk, bucket, f"d/f{i}")
         assert (h["x-cos-meta-mode"], h["x-cos-meta-mtime"]) == (str(0o100644), "1500000000")
