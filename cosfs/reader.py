@@ -261,7 +261,15 @@ class ObjectReader:
             # Read ahead twice what the run has read so far (as the kernel does):
             # a reader that stops early wastes little, a long run soon reaches the cap.
             run = self._last_end - self._run_start
-            self._window = min(max(self._t.readahead_initial, 2 * run), self._window_cap())
+            if run <= 4 * self._t.kernel_readahead:
+                # The kernel reads this far ahead by itself (its synchronous and
+                # asynchronous windows of the mount's read-ahead, growing): more
+                # from us is wasted on a reader that stops early (a header, a `file`
+                # probe), and a long run soon gets its window.
+                self._window = 0
+            else:
+                self._window = min(max(self._t.readahead_initial, 2 * run),
+                                   self._window_cap())
         else:
             self._last_end = end
             self._run_start = offset
