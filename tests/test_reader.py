@@ -59,7 +59,7 @@ def test_sequential_read_grows_parallel_read_ahead(cos_server, bucket, client, s
         etag = client.head_object("seq.bin").etag
     else:
         data, etag = put_random(client, "seq.bin", size)
-    t = Tuning()
+    t = Tuning(kernel_readahead=0)  # no kernel in front: the reader reads ahead alone
     budget = ReadBudget(t.read_budget)
     r = ObjectReader(AsyncClient(client), "seq.bin", size, etag, budget, t)
     cos_server.reset_stats()

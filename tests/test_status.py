@@ -75,8 +75,9 @@ def test_status_shows_upload_progress(mounter, cos_server, client):
 def test_status_json_every_mount(mounter, cos_server, client):
     a = mounter(name="a")
     b = mounter(["ro"], name="b")
-    # Large enough for several FUSE reads even with the mount's 2 MiB kernel read-ahead.
-    client.put_object("seen.txt", b"x" * (8 << 20))
+    # Past the 8 MiB (four times the mount's 2 MiB kernel read-ahead) where the
+    # mount's own read-ahead starts.
+    client.put_object("seen.txt", b"x" * (24 << 20))
     write_file(a.path / "small.txt", b"hello")
     with open(b.path / "seen.txt", "rb") as f:  # sequential reads: read-ahead at work
         while f.read(4096):
