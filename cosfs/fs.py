@@ -760,6 +760,13 @@ class Operations(pyfuse3.Operations):
         staged = self.staged.get(h.inode.ino)
         if staged is not None:
             return await staged[0].read(off, size)
+        if h.reader is not None and h.inode.local:
+            # Rewritten through another handle, since closed, and not uploaded yet
+            # (write-back, or a failed upload): the cache holds what to read.
+            f = await self._stage(h.inode)
+            old, h.reader, h.staged = h.reader, None, f
+            await old.close()
+            return await f.read(off, size)
         try:
             return await h.reader.read(off, size)
         except Exception:  # an OSError or CosError, maybe in a nursery's group
