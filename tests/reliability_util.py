@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from socket_util import pump
+
 T = TypeVar("T")
 
 
@@ -160,21 +162,8 @@ class TlsProxy:
             conn.close()
             return
 
-        def pump(src, dst) -> None:
-            try:
-                while data := src.recv(65536):
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        threading.Thread(target=pump, args=(up, conn), daemon=True).start()
-        pump(conn, up)
+        threading.Thread(target=pump, args=(up.recv, conn, (up, conn)), daemon=True).start()
+        pump(conn.recv, up, (conn, up))
 
     def close(self) -> None:
         self._stop.set()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import make_client
+from socket_util import pump, shutdown_quietly
 
 from cosfs.cos import CosError
 from cosfs.cos.transport import Headers
@@ -77,37 +78,14 @@ class Relay:
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        pump(src.recv, dst, close=(src, dst))
 
     def _pump_file(self, reader, dst: socket.socket) -> None:
-        try:
-            while data := reader.read1(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            try:
-                dst.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        pump(reader.read1, dst, close=(dst,))
 
     def cut_all(self) -> None:
         """Close every connection, as a server does with idle keep-alive ones."""
-        for s in self._open:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        shutdown_quietly(*self._open)
         self._open = []
 
     def close(self) -> None:
