@@ -471,8 +471,7 @@ class Operations(pyfuse3.Operations):
         object is about to be deleted, so its bytes move into the staged copy first
         (reads of any handle of the inode go there), held until the last close.
         Returns the inode so held, if any."""
-        ino = self.ns.children.get((parent_inode, name))
-        node = self.ns.inodes.get(ino) if ino is not None else None
+        node = self.ns.child(parent_inode, name)
         if node is None or node.opens <= 0 or node.is_dir() or not node.attr.etag \
                 or node.ino in self.orphans:
             return None
@@ -491,8 +490,7 @@ class Operations(pyfuse3.Operations):
         what follows: an unlink discards their data, a rename uploads it first and
         moves it along. Left idle, the journal would upload it under the old name at
         the next mount, bringing a deleted or renamed file back."""
-        ino = self.ns.children.get((parent_inode, name))
-        top = self.ns.inodes.get(ino) if ino is not None else None
+        top = self.ns.child(parent_inode, name)
         if top is None:
             return []
         held = await self._hold_below(top)
@@ -605,11 +603,6 @@ class Operations(pyfuse3.Operations):
         return [ino for ino in self.staged
                 if (node := self.ns.inodes.get(ino)) is not None and self._is_below(node, top)]
 
-    def _linked(self, node: Inode) -> bool:
-        """Whether ``node`` still has its name (not unlinked or renamed over)."""
-        return node.ino == ROOT_INODE or \
-            self.ns.children.get((node.parent, node.name)) == node.ino
-
     def _is_below(self, node: Inode | None, top: Inode) -> bool:
         """Whether ``node`` is ``top`` or lies below it."""
         while node is not None:
@@ -699,7 +692,7 @@ class Operations(pyfuse3.Operations):
             writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
             if writing:
                 self._writable()
-            redirected = not self._linked(node) and node.ino not in self.staged
+            redirected = not self.ns.linked(node) and node.ino not in self.staged
             if redirected:
                 old_ino = node.ino
                 node = self._open_what_replaced(node, bool(writing))
@@ -720,15 +713,14 @@ class Operations(pyfuse3.Operations):
         node.last_open_etag = node.attr.etag
         return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
 
-    def _open_what_replaced(self, node: Inode, writing: bool) -> None:
+    def _open_what_replaced(self, node: Inode, writing: bool) -> Inode:
         """``node`` was unlinked or renamed over between the kernel's lookup and this
         open, its object gone: the open takes effect after that change. Readers get
         the file now under the name (``node`` takes its attributes, which the kernel
-        asks for when reading past the old size); writers get ESTALE, which makes the kernel
-        look the name up again, so two inodes never stage one key. Returns the
-        inode the handle is for, counted open in place of ``node``."""
-        cur_ino = self.ns.children.get((node.parent, node.name))
-        cur = self.ns.inodes.get(cur_ino) if cur_ino is not None else None
+        asks for when reading past the old size); writers get ESTALE, which makes
+        the kernel look the name up again, so two inodes never stage one key.
+        Returns the inode the handle is for, counted open in place of ``node``."""
+        cur = self.ns.child(node.parent, node.name)
         if cur is None:
             raise OSError(errno.ENOENT, "removed while being opened")
         if writing or cur.is_dir() or cur.local or not cur.attr.etag \

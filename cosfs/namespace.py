@@ -214,8 +214,7 @@ class Namespace:
         """Bind ``name`` in ``parent`` to an inode with ``attr``, reusing the inode
         already bound there when it is of the same type."""
         self.negative.pop((parent.ino, name), None)
-        ino = self.children.get((parent.ino, name))
-        inode = self.inodes.get(ino) if ino is not None else None
+        inode = self.child(parent.ino, name)
         if inode is not None and inode.attr.kind == attr.kind:
             if not self._authoritative(inode):
                 inode.attr = attr
@@ -242,12 +241,22 @@ class Namespace:
         if ino is not None:
             self._maybe_drop(ino)
 
+    def child(self, parent_ino: int, name: str) -> Inode | None:
+        """The inode bound to ``name`` in ``parent_ino`` now, if any (no request)."""
+        ino = self.children.get((parent_ino, name))
+        return self.inodes.get(ino) if ino is not None else None
+
+    def linked(self, inode: Inode) -> bool:
+        """Whether ``inode`` still has its name (not unlinked, renamed over or
+        forgotten)."""
+        return inode.ino == ROOT_INODE or \
+            self.children.get((inode.parent, inode.name)) == inode.ino
+
     def _maybe_drop(self, ino: int) -> None:
         inode = self.inodes.get(ino)
         if inode is None or ino == ROOT_INODE:
             return
-        bound = self.children.get((inode.parent, inode.name)) == ino
-        if inode.lookups <= 0 and inode.opens <= 0 and not bound:
+        if inode.lookups <= 0 and inode.opens <= 0 and not self.linked(inode):
             del self.inodes[ino]
 
     def forget(self, ino: int, count: int) -> None:
@@ -258,7 +267,7 @@ class Namespace:
         if inode.lookups <= 0 and inode.opens <= 0 and not inode.local:
             # Forgotten by the kernel (which forgets children before their parent):
             # the next lookup of the name builds a fresh inode.
-            if self.children.get((inode.parent, inode.name)) == ino:
+            if self.linked(inode):
                 del self.children[(inode.parent, inode.name)]
             self._maybe_drop(ino)
 
@@ -298,8 +307,7 @@ class Namespace:
         parent = self.get(parent_ino)
         if not parent.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
-        ino = self.children.get((parent_ino, name))
-        inode = self.inodes.get(ino) if ino is not None else None
+        inode = self.child(parent_ino, name)
         if inode is not None and (self._authoritative(inode)
                                   or inode.expires > trio.current_time()):
             return await self.complete(inode) if complete else inode
@@ -315,12 +323,10 @@ class Namespace:
     async def _lookup_remote(self, parent: Inode, name: str) -> Inode:
         """Resolve ``name`` on the server and bind (or unbind) it."""
         key = names.child_key(self.key_of(parent), name)
-        ino = self.children.get((parent.ino, name))
-        was = self.inodes.get(ino) if ino is not None else None
+        was = self.child(parent.ino, name)
         found = await self._resolve(key, was_dir=was is not None and was.is_dir())
         # The table may have changed while we waited: re-read before binding.
-        ino = self.children.get((parent.ino, name))
-        current = self.inodes.get(ino) if ino is not None else None
+        current = self.child(parent.ino, name)
         if current is not None and current.local:
             return current
         if found is None:
@@ -388,7 +394,7 @@ class Namespace:
             return await self.complete(inode)
         if (self._authoritative(inode) or inode.is_dir()
                 or inode.expires > trio.current_time()
-                or self.children.get((inode.parent, inode.name)) != ino):
+                or not self.linked(inode)):
             return inode
         parent = self.inodes.get(inode.parent)
         if parent is None:
@@ -624,8 +630,7 @@ class Namespace:
         """The inode for listing entry ``e``: the live one while the listing agrees
         with it, else one with what the attribute cache or the listing says; None
         when only a HEAD can tell its type (it may be a symlink)."""
-        ino = self.children.get((parent.ino, e.name))
-        inode = self.inodes.get(ino) if ino is not None else None
+        inode = self.child(parent.ino, e.name)
         if inode is not None and self._still_valid(inode, e):
             # The listing is a fresh look at the server: unchanged means valid.
             inode.expires = self._expiry()
