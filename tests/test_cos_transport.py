@@ -5,6 +5,7 @@ are used the way HTTP proxies expect (CONNECT for HTTPS, absolute URIs for HTTP)
 from __future__ import annotations
 
 import base64
+import http.client
 import socket
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from conftest import make_client
 from socket_util import pump, shutdown_quietly
 
 from cosfs.cos import CosError
-from cosfs.cos.transport import Headers
+from cosfs.cos.transport import Transport, _parse_head
 
 
 class Relay:
@@ -185,12 +186,80 @@ def test_unsupported_proxy_is_refused_plainly(cos_server, bucket, no_env_proxy) 
 
 
 def test_headers_are_found_in_any_case() -> None:
-    import http.client
     import io
 
-    raw = b"ETag: \"e\"\r\nx-cos-meta-Mode: 1\r\nX-Dup: a\r\nx-dup: b\r\n\r\n"
-    headers = Headers.of(http.client.parse_headers(io.BytesIO(raw)))
+    raw = (b"ETag: \"e\"\r\nx-cos-meta-Mode: 1\r\nX-Dup: a\r\nx-dup: b\r\n"
+           b"X-Folded: one\r\n two\r\nX-Empty:\r\nno colon here\r\n\r\n")
+    headers = _parse_head(http.client._read_headers(io.BytesIO(raw)))
     assert headers.get("etag") == headers["ETAG"] == '"e"'
     assert "X-COS-META-MODE" in headers and headers.get("missing", 0) == 0
     assert headers.get("x-dup") == "a"
-    assert dict(headers.items()) == {"etag": '"e"', "x-cos-meta-mode": "1", "x-dup": "a"}
+    assert dict(headers.items()) == {"etag": '"e"', "x-cos-meta-mode": "1", "x-dup": "a",
+                                     "x-folded": "one two", "x-empty": ""}
+    # Same answer as the email package's parser, which http.client uses by default.
+    reference = http.client.parse_headers(io.BytesIO(raw))
+    for name in ("etag", "x-cos-meta-mode", "x-dup", "x-empty"):
+        assert headers[name] == reference[name]
+
+
+class ScriptedPeer:
+    """An HTTP peer on loopback that answers each request on a connection with the
+    next canned answer: for framing cases the local server never sends (chunked
+    bodies, folded headers). Counts the connections it accepted."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = list(answers)
+        self.accepted = 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            conn, _ = self.sock.accept()
+            self.accepted += 1
+            with conn:
+                pending = b""
+                while self.answers:
+                    while b"\r\n\r\n" not in pending:
+                        data = conn.recv(65536)
+                        if not data:
+                            break
+                        pending += data
+                    if b"\r\n\r\n" not in pending:
+                        break  # the client closed this connection
+                    pending = pending.split(b"\r\n\r\n", 1)[1]
+                    answer = self.answers.pop(0)
+                    conn.sendall(answer)
+                    if b"Connection: close" in answer:
+                        break
+
+
+def test_answers_are_framed_like_http_client() -> None:
+    """Chunked, sized, empty and closing answers: the body ends where HTTP says, and
+    the connection is reused exactly when it may be."""
+    peer = ScriptedPeer([
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Fold: a\r\n b\r\n\r\n"
+        b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nETag: \"x\"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ])
+    t = Transport("http", f"127.0.0.1:{peer.port}", connect_timeout=5, read_timeout=5)
+    host = {"Host": f"127.0.0.1:{peer.port}"}
+
+    def ask() -> tuple[int, dict[str, str], bytes]:
+        resp = t.send("GET", "/", host)
+        body = resp.read()
+        resp.release()
+        return resp.status, dict(resp.headers.items()), body
+
+    status, headers, body = ask()
+    assert (status, body, headers["x-fold"]) == (200, b"hello world", "a b")
+    status, headers, body = ask()
+    assert (status, body, headers["etag"]) == (204, b"", '"x"')
+    assert ask()[2] == b"bye"
+    assert peer.accepted == 1  # three answers on one connection
+    assert ask()[2] == b"ok"
+    assert peer.accepted == 2  # "Connection: close" was honoured
+    t.close()
