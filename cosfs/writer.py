@@ -925,8 +925,19 @@ class WriteCache:
             f.close(remove=True)
 
     def _trim_idle(self, keep: int) -> None:
-        clean = [f for f in self._idle.values() if not f.dirty]
-        for f in clean[:max(0, len(clean) - keep)]:
+        """Close the oldest clean idle files beyond ``keep``. Called on every
+        release, so it stops at the first ``excess`` clean ones instead of scanning
+        the table (a dirty idle file, kept for recovery, is never closed here)."""
+        excess = len(self._idle) - keep
+        if excess <= 0:
+            return
+        victims: list[StagedFile] = []
+        for f in self._idle.values():
+            if len(victims) == excess:
+                break
+            if not f.dirty:
+                victims.append(f)
+        for f in victims:
             del self._idle[f.ino]
             f.close(remove=True)
 
