@@ -542,9 +542,8 @@ class Operations(pyfuse3.Operations):
         async def flush_first(src: Inode) -> None:
             for ino in self._staged_below(src):
                 await self._flush_inode(self.ns.inodes[ino], sync=True)
-            for node in self.ns.open_inodes():
-                if self._is_below(node, src):
-                    moved[node.ino] = self.ns.key_of(node)
+            for node in self._open_below(src):
+                moved[node.ino] = self.ns.key_of(node)
 
         held = await self._hold_unsent(parent_inode_old, old)
         held += await self._hold_unsent(parent_inode_new, new)
@@ -600,8 +599,16 @@ class Operations(pyfuse3.Operations):
 
     def _staged_below(self, top: Inode) -> list[int]:
         """Staged inodes at or below ``top`` (open files that follow a rename)."""
+        if not top.is_dir():  # the common case, and a rename per file: no scan
+            return [top.ino] if top.ino in self.staged else []
         return [ino for ino in self.staged
                 if (node := self.ns.inodes.get(ino)) is not None and self._is_below(node, top)]
+
+    def _open_below(self, top: Inode) -> list[Inode]:
+        """Open inodes at or below ``top``."""
+        if not top.is_dir():
+            return [top] if top.opens > 0 else []
+        return [node for node in self.ns.open_inodes() if self._is_below(node, top)]
 
     def _is_below(self, node: Inode | None, top: Inode) -> bool:
         """Whether ``node`` is ``top`` or lies below it."""
@@ -747,7 +754,7 @@ class Operations(pyfuse3.Operations):
         return Handle(node, reader=reader)
 
     @fuse_op
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self._handle(fh)
         staged = self.staged.get(h.inode.ino)
         if staged is not None:
@@ -760,7 +767,7 @@ class Operations(pyfuse3.Operations):
             await old.close()
             return await f.read(off, size)
         try:
-            return await h.reader.read(off, size)
+            return await h.reader.read_view(off, size)
         except Exception:  # an OSError or CosError, maybe in a nursery's group
             # Unlinked or renamed over while this read waited for the server: the
             # inode's bytes were moved into the cache before the object went.

@@ -218,6 +218,16 @@ class ObjectReader:
 
     async def read(self, offset: int, length: int) -> bytes:
         """``length`` bytes at ``offset``; fewer only at the end of the object."""
+        return bytes(await self.read_view(offset, length))
+
+    async def read_view(self, offset: int, length: int) -> bytes | memoryview:
+        """Like :meth:`read`, but a read inside one chunk is a view of its buffer,
+        which saves the last copy of a FUSE read reply.
+
+        The view is only valid until the caller's next checkpoint: a dropped
+        chunk's buffer is recycled and the next GET overwrites it. pyfuse3 sends
+        the reply before it yields again, so ``Operations.read`` may return it.
+        """
         if self._closed:
             raise OSError(errno.EBADF, "reader is closed")
         end = min(self.size, offset + length)
@@ -394,10 +404,10 @@ class ObjectReader:
             data, chunk.data = chunk.data, None
             self._budget.recycle(data)
 
-    async def _collect(self, start: int, end: int) -> bytes:
-        """Wait for the chunks covering ``[start, end)`` and copy the bytes out,
-        once: the reply must be ``bytes``, and slicing a mapping makes them."""
-        pieces: list[bytes] = []
+    async def _collect(self, start: int, end: int) -> bytes | memoryview:
+        """Wait for the chunks covering ``[start, end)``: a view of one chunk's
+        buffer (see :meth:`read_view`), or the pieces of several joined."""
+        pieces: list[memoryview] = []
         pos = start
         chunks = self._overlapping(start, end)
         for chunk in chunks:
@@ -412,7 +422,7 @@ class ObjectReader:
                     raise chunk.error
                 assert chunk.data is not None and chunk.start <= pos
                 stop = min(end, chunk.end)
-                pieces.append(chunk.data[pos - chunk.start:stop - chunk.start])
+                pieces.append(memoryview(chunk.data)[pos - chunk.start:stop - chunk.start])
                 pos = stop
         finally:
             for chunk in chunks:
