@@ -148,12 +148,14 @@ class CosfsMount(Mount):
         return self._profiled(cmd) if self.menv.profile_dir else cmd
 
     def _profiled(self, cmd: list[str]) -> list[str]:
-        """Wrap in py-spy: collapsed stacks (flamegraph input), written at unmount."""
+        """Wrap in py-spy: collapsed stacks (flamegraph input), written at unmount.
+        Only the thread holding the GIL is sampled, so the stacks show where the
+        interpreter's CPU goes, not where threads wait."""
         assert self.menv.profile_dir is not None
         self.menv.profile_dir.mkdir(parents=True, exist_ok=True)
         out = self.menv.profile_dir / f"cosfs-{self.label}.txt"
         pyspy = Path(sys.executable).with_name("py-spy")
-        return [str(pyspy), "record", "--format", "raw", "--rate", "200", "--threads",
+        return [str(pyspy), "record", "--format", "raw", "--rate", "200", "--threads", "--gil",
                 "--output", str(out), "--", *cmd]
 
     def env(self) -> dict[str, str]:
