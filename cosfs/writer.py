@@ -63,6 +63,11 @@ _FILL_CONCURRENCY = 4
 # describes) is rewritten in its shortest form, so a file written for days
 # without a flush keeps a small log.
 _LOG_COMPACT_AT = 1 << 16
+# Staging-file I/O up to this size runs on the event loop: handing it to a worker
+# thread costs about 0.1 ms of CPU, a pwrite/pread of a few KiB to the page cache a
+# few microseconds. Larger I/O (1 MiB FUSE writes, fills) goes to a thread so the
+# loop keeps serving other requests while the kernel copies.
+_INLINE_IO = 64 << 10
 
 
 def _eio(what: str, exc: BaseException) -> OSError:
@@ -233,7 +238,10 @@ class StagedFile:
             self._ensure_journaled()
             self._bump(min(offset, self.size), end)
             try:
-                await trio.to_thread.run_sync(self._write_sync, offset, data)
+                if n <= _INLINE_IO:
+                    self._write_sync(offset, data)
+                else:
+                    await trio.to_thread.run_sync(self._write_sync, offset, data)
             except OSError:
                 # The bytes there are unknown now: forget the clean ones so they
                 # are fetched again; dirty ones were never the base's anyway.
@@ -272,7 +280,10 @@ class StagedFile:
         if offset < 0 or offset >= end:
             return b""
         await self._fill(offset, end, align=True)
-        data = await trio.to_thread.run_sync(os.pread, self._fd, end - offset, offset)
+        if end - offset <= _INLINE_IO:
+            data = os.pread(self._fd, end - offset, offset)
+        else:
+            data = await trio.to_thread.run_sync(os.pread, self._fd, end - offset, offset)
         # A concurrent truncate may have cut the file; past its end reads as zeros.
         return data + bytes(end - offset - len(data))
 
