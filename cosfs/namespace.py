@@ -62,6 +62,9 @@ ROOT_INODE = 1
 _UNCOPYABLE = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})
 # Server-side copy of one object is limited to 5 GB; larger ones go part by part.
 COPY_LIMIT = 5 * 1024**3
+# A directory whose latest listing had at most this many entries (one page) is
+# listed again, not asked about name by name, once that listing expired.
+RELIST_MAX = 1000
 COPY_PART = 1024**3
 
 
@@ -160,6 +163,11 @@ class Namespace:
         # dir ino -> Listing
         self.listings: cachetools.TTLCache = cachetools.TTLCache(
             max(1, self.tuning.max_cached // 100), ttl)
+        # dir ino -> entries of its latest listing, kept past the listing's expiry:
+        # a small directory is listed again rather than asked about name by name.
+        self._listed_size: cachetools.LRUCache = cachetools.LRUCache(
+            max(1, self.tuning.max_cached // 100))
+        self._relisting: dict[int, trio.Event] = {}
         # key -> (etag, Attr): attributes of unchanged objects never need a second HEAD.
         self.object_attrs: cachetools.LRUCache = cachetools.LRUCache(self.tuning.max_cached)
         self.rename_lock = trio.Lock()
@@ -271,6 +279,10 @@ class Namespace:
                 del self.children[(inode.parent, inode.name)]
             self._maybe_drop(ino)
 
+    def _keep_listing(self, ino: int, listing: Listing) -> None:
+        self.listings[ino] = listing
+        self._listed_size[ino] = len(listing.entries)
+
     def _note_change(self, parent: Inode, name: str, entry: DirEntry | None) -> None:
         """Keep a cached listing of ``parent`` true after our own change."""
         listing = self.listings.get(parent.ino)
@@ -280,6 +292,7 @@ class Namespace:
             listing.entries.pop(name, None)
         else:
             listing.entries[name] = entry
+        self._listed_size[parent.ino] = len(listing.entries)
         now_ns = time.time_ns()
         parent.attr.mtime_ns = parent.attr.ctime_ns = now_ns
 
@@ -308,6 +321,10 @@ class Namespace:
         if not parent.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
         inode = self.child(parent_ino, name)
+        if inode is None and parent_ino not in self.listings \
+                and (parent_ino, name) not in self.negative:
+            await self._relist_small(parent)
+            inode = self.child(parent_ino, name)  # created meanwhile?
         if inode is not None and (self._authoritative(inode)
                                   or inode.expires > trio.current_time()):
             return await self.complete(inode) if complete else inode
@@ -319,6 +336,28 @@ class Namespace:
         if inode is not None and not inode.is_dir():
             return await self._revalidate_file(parent, inode)
         return await self._lookup_remote(parent, name)
+
+    async def _relist_small(self, parent: Inode) -> None:
+        """List ``parent`` again if its last listing had at most one page of
+        entries (else lookups ask about each name alone).
+
+        A lookup of a new name costs a HEAD and a LIST once the directory's listing
+        has expired; a long copy into one directory would pay both for every file.
+        Listing a small directory again answers all of them for another TTL.
+        Concurrent lookups in the directory share one LIST."""
+        if not self._cache_on or self._listed_size.get(parent.ino, RELIST_MAX + 1) \
+                > RELIST_MAX:
+            return
+        running = self._relisting.get(parent.ino)
+        if running is not None:
+            await running.wait()
+            return
+        done = self._relisting[parent.ino] = trio.Event()
+        try:
+            await self._fetch_listing(parent)
+        finally:
+            del self._relisting[parent.ino]
+            done.set()
 
     async def _lookup_remote(self, parent: Inode, name: str) -> Inode:
         """Resolve ``name`` on the server and bind (or unbind) it."""
@@ -498,7 +537,7 @@ class Namespace:
                     # All of it: the readdir that usually follows needs no request.
                     listing = Listing()
                     self._add_page(listing, prefix, page)
-                    self.listings[inode.ino] = listing
+                    self._keep_listing(inode.ino, listing)
         else:
             try:
                 info = await self.aclient.head_object(key)
@@ -592,7 +631,7 @@ class Namespace:
                 break
             self._add_page(listing, prefix, page)
         if self._cache_on:
-            self.listings[parent.ino] = listing
+            self._keep_listing(parent.ino, listing)
         return listing
 
     @staticmethod
@@ -696,7 +735,7 @@ class Namespace:
         await self.aclient.put_object(key + "/", b"", content_type=meta.DIR_CONTENT_TYPE,
                                       metadata=meta.metadata_for(attr))
         inode = self._attach(parent, name, attr, has_marker=True)
-        self.listings[inode.ino] = Listing()  # known empty
+        self._keep_listing(inode.ino, Listing())  # known empty
         self._note_change(parent, name, DirEntry(name, True))
         return inode
 

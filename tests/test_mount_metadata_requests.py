@@ -103,6 +103,25 @@ def test_negative_lookups_in_a_fresh_listing_cost_nothing(mounter, client, cos_s
     assert counts.get("HeadObject", 0) == 0 and counts.get("ListObjects", 0) == 0
 
 
+def test_lookups_after_the_listing_expired_share_one_list(mounter, client, cos_server):
+    """Once a small directory's listing is older than the TTL, new names are
+    looked up in one fresh LIST, not a HEAD and a LIST each; names another client
+    added meanwhile are found."""
+    client.put_object("d/a", b"")
+    m = mounter(["stat_cache_expire=1"])
+    os.listdir(m.path / "d")
+    time.sleep(1.2)
+    client.put_object("d/other", b"o")  # someone else's, after our listing
+    cos_server.reset_stats()
+    for i in range(20):
+        assert not (m.path / "d" / f"new{i}").exists()
+    counts = ops(cos_server)
+    # One LIST revalidates d itself (its entry expired too), one lists it again;
+    # name by name this was 20 HEADs and 20 LISTs.
+    assert set(counts) == {"ListObjects"} and counts["ListObjects"] <= 2
+    assert (m.path / "d" / "other").read_bytes() == b"o"
+
+
 def head_meta(client, key: str) -> dict[str, str]:
     return client.head_object(key).metadata
 
