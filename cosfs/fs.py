@@ -403,7 +403,12 @@ class Operations(pyfuse3.Operations):
 
     @fuse_op
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # directory changes are on the server when their call returns
+        # Directory changes are on the server when their call returns, except the
+        # DELETE of a renamed file's old key, which may still be running.
+        state = self.dir_handles.get(fh)
+        if state is not None:
+            node = self.ns.get(state[0])
+            await self.ns.aclient.wait_deletes(names.dir_prefix(self.ns.key_of(node)))
 
     @fuse_op
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
@@ -898,4 +903,5 @@ class Operations(pyfuse3.Operations):
             if node is not None:
                 await self._flush_inode(node, sync=True)
         await self.ns.apply_all_pending()
+        await self.ns.aclient.wait_deletes()
         await trio.sleep(0)

@@ -33,7 +33,8 @@ Concurrency
     Everything runs on the trio event loop; state changes between awaits only.
     Operations re-check the tables after each await instead of holding locks, except
     rename, which holds ``rename_lock`` so two renames never interleave their
-    copy/delete phases.
+    copy/delete phases. (A renamed file's old key is deleted in the background;
+    ``AsyncClient`` holds back every request naming it until then.)
 """
 
 from __future__ import annotations
@@ -624,11 +625,7 @@ class Namespace:
     async def _fetch_listing(self, parent: Inode) -> Listing:
         prefix = names.dir_prefix(self.key_of(parent))
         listing = Listing()
-        pages = self.aclient.sync.iter_list(prefix=prefix, delimiter="/")
-        while True:
-            page = await self.aclient.call(next, pages, None)
-            if page is None:
-                break
+        async for page in self.aclient.list_pages(prefix, delimiter="/"):
             self._add_page(listing, prefix, page)
         if self._cache_on:
             self._keep_listing(parent.ino, listing)
@@ -1157,7 +1154,9 @@ class Namespace:
                         "it keeps the server's", old_key)
             src.expires = 0.0
             info = await self.copy_object(old_key, new_key, src.attr)
-        await self.aclient.delete_object(old_key)
+        # The new key is complete: the rename is done. Requests naming the old key
+        # wait for its DELETE (see AsyncClient), so it may run in the background.
+        self.aclient.delete_soon(old_key)
         if carry is not None:
             self._forget_metadata(carry.key)
         cached = self.object_attrs.pop(old_key, None)
@@ -1226,8 +1225,7 @@ class Namespace:
     async def _move_tree(self, old_key: str, new_key: str) -> None:
         old_prefix, new_prefix = old_key + "/", new_key + "/"
         keys: list[ObjectInfo] = []
-        pages = self.aclient.sync.iter_list(prefix=old_prefix)
-        while (page := await self.aclient.call(next, pages, None)) is not None:
+        async for page in self.aclient.list_pages(old_prefix):
             keys.extend(page.contents)
         for info in keys:
             names.check_key(new_prefix + info.key[len(old_prefix):])

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import time
 
+import pytest
 from conftest import ServerProcess
 
 
@@ -165,6 +166,45 @@ def test_rsync_costs_one_put_one_copy_one_delete_per_file(mounter, cos_server, t
         assert stat.S_ISDIR(got.st_mode) or got.st_size == want.st_size
     out = run("rsync", "-a", "--stats", f"{src}/", f"{m.path / 'dst'}/")
     assert "Number of regular files transferred: 0" in out
+
+
+def test_a_renamed_files_old_key_is_deleted_in_the_background_and_fenced(
+        mounter, client, cos_server):
+    """rename() returns once the copy is made; the DELETE of the old key runs on,
+    and nothing can see the old key or race it: a new file of the old name is
+    written after the DELETE, a listing shows the rename done, fsync of the
+    directory and unmount wait for it."""
+    from cosfs.cos import CosError
+
+    m = mounter()
+    d = m.path / "mv"
+    d.mkdir()
+    (d / "a").write_bytes(b"first")
+    (d / "c").write_bytes(b"third")
+    cos_server.set_faults("DeleteObject", latency_ms=1500)
+    t0 = time.monotonic()
+    os.rename(d / "a", d / "b")
+    assert time.monotonic() - t0 < 1.2  # not held by the slow DELETE
+    assert not (d / "a").exists()
+    (d / "a").write_bytes(b"second")  # its PUT waits for the DELETE of mv/a
+    os.rename(d / "c", d / "e")
+    assert sorted(os.listdir(d)) == ["a", "b", "e"]  # the LIST waited for mv/c's
+    os.rename(d / "e", d / "f")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    os.fsync(fd)  # waits for the DELETE of mv/e
+    os.close(fd)
+    assert [o.key for o in client.list_objects(prefix="mv/").contents] == \
+        ["mv/", "mv/a", "mv/b", "mv/f"]
+    os.rename(d / "f", d / "g")
+    m.unmount()  # waits for the DELETE of mv/f
+    cos_server.clear_faults()
+    assert client.get_object("mv/a") == b"second"
+    assert client.get_object("mv/b") == b"first"
+    for gone in ("mv/c", "mv/e", "mv/f"):
+        with pytest.raises(CosError) as exc:
+            client.head_object(gone)
+        assert exc.value.status == 404
+    assert client.get_object("mv/g") == b"third"
 
 
 def test_metadata_changes_of_a_closed_file_share_one_request(mounter, client, cos_server):
