@@ -406,8 +406,8 @@ class Operations(pyfuse3.Operations):
         # Directory changes are on the server when their call returns, except the
         # DELETE of a renamed file's old key, which may still be running.
         state = self.dir_handles.get(fh)
-        if state is not None:
-            node = self.ns.get(state[0])
+        node = self.ns.inodes.get(state[0]) if state is not None else None
+        if node is not None:
             await self.ns.aclient.wait_deletes(names.dir_prefix(self.ns.key_of(node)))
 
     @fuse_op

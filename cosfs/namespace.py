@@ -63,10 +63,10 @@ ROOT_INODE = 1
 _UNCOPYABLE = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})
 # Server-side copy of one object is limited to 5 GB; larger ones go part by part.
 COPY_LIMIT = 5 * 1024**3
+COPY_PART = 1024**3
 # A directory whose latest listing had at most this many entries (one page) is
 # listed again, not asked about name by name, once that listing expired.
 RELIST_MAX = 1000
-COPY_PART = 1024**3
 
 
 @dataclass(eq=False)

@@ -188,7 +188,7 @@ def test_unsupported_proxy_is_refused_plainly(cos_server, bucket, no_env_proxy) 
 def test_headers_are_found_in_any_case() -> None:
     import io
 
-    raw = (b"ETag: \"e\"\r\nx-cos-meta-Mode: 1\r\nX-Dup: a\r\nx-dup: b\r\n"
+    raw = (b"ETag: \"e\"\r\nx-cos-meta-Mode: 1\r\nX-Dup: a\r\nx-dup: b\r\n b: fold\r\n"
            b"X-Folded: one\r\n two\r\nX-Empty:\r\nno colon here\r\n\r\n")
     headers = _parse_head(http.client._read_headers(io.BytesIO(raw)))
     assert headers.get("etag") == headers["ETAG"] == '"e"'

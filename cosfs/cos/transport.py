@@ -83,8 +83,10 @@ def _parse_head(lines: list[bytes]) -> Headers:
     name = ""
     for raw in lines:
         line = raw.decode("iso-8859-1")
-        if line[:1] in (" ", "\t") and name:
-            dict.__setitem__(headers, name, f"{dict.__getitem__(headers, name)} {line.strip()}")
+        if line[:1] in (" ", "\t"):
+            if name:
+                folded = f"{dict.__getitem__(headers, name)} {line.strip()}"
+                dict.__setitem__(headers, name, folded)
             continue
         key, sep, value = line.partition(":")
         if not sep:
