@@ -134,6 +134,7 @@ class Operations(pyfuse3.Operations):
             if f.dirty:  # changed again since that upload began: the cache is newer
                 node.attr.size = f.size
                 node.local = True
+            self._readers_follow(node)
 
     # -- helpers -----------------------------------------------------------------
 
@@ -230,20 +231,21 @@ class Operations(pyfuse3.Operations):
         self.ns.uploaded(inode, info, metadata)
         if f.dirty:  # write-back mode: still uploading in the background
             inode.local = True
-        await self._readers_follow(inode)
+        self._readers_follow(inode)
 
-    async def _readers_follow(self, node: Inode) -> None:
+    def _readers_follow(self, node: Inode) -> None:
         """Read-only handles see what was written through this mount (POSIX): one
-        whose object we just replaced reads the new one from now on, instead of
-        failing its If-Match (EIO). Changes by other clients still give EIO rather
-        than a mix of two versions."""
+        whose object we just replaced (by a flush, or a write-back upload that
+        ended) reads the new one from now on, instead of failing its If-Match
+        (EIO). Changes by other clients still give EIO rather than a mix of two
+        versions."""
         for h in self.handles.values():
             if h.inode is node and h.reader is not None and node.attr.etag \
                     and h.reader.etag != node.attr.etag:
                 old = h.reader
                 h.reader = self.data.open_reader(self.ns.key_of(node), node.attr.size,
                                                  node.attr.etag)
-                await old.close()
+                old.close_now()
 
     # -- lookups and attributes ----------------------------------------------------
 
@@ -338,7 +340,7 @@ class Operations(pyfuse3.Operations):
                     await self.ns.defer_attr(node, new)
                 else:
                     await self.ns.store_attr(node, new)
-                    await self._readers_follow(node)
+                    self._readers_follow(node)
         finally:
             await self._release_held(held)
 
@@ -771,15 +773,19 @@ class Operations(pyfuse3.Operations):
             old, h.reader, h.staged = h.reader, None, f
             await old.close()
             return await f.read(off, size)
+        reader = h.reader
         try:
-            return await h.reader.read_view(off, size)
+            return await reader.read_view(off, size)
         except Exception:  # an OSError or CosError, maybe in a nursery's group
             # Unlinked or renamed over while this read waited for the server: the
             # inode's bytes were moved into the cache before the object went.
             staged = self.staged.get(h.inode.ino)
-            if staged is None:
-                raise
-            return await staged[0].read(off, size)
+            if staged is not None:
+                return await staged[0].read(off, size)
+            if h.reader is not reader and h.reader is not None:
+                # Our own upload replaced the object meanwhile (_readers_follow).
+                return await h.reader.read_view(off, size)
+            raise
 
     @fuse_op
     async def write(self, fh: int, off: int, buf: bytes) -> int:

@@ -247,6 +247,10 @@ class ObjectReader:
         return await self._collect(offset, end)
 
     async def close(self) -> None:
+        self.close_now()
+
+    def close_now(self) -> None:
+        """:meth:`close` for callers that cannot await (it never blocks)."""
         if self._closed:
             return
         self._closed = True

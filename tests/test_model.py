@@ -946,6 +946,27 @@ def test_regression_read_only_handle_sees_writes_through_the_mount(mounter) -> N
         os.close(fd)
 
 
+def test_regression_read_only_handle_sees_a_write_back_upload(mounter, client) -> None:
+    """Write-back: a read-only handle opened before another handle rewrote the
+    file, which then went up in the background, read EIO (its If-Match named the
+    old object: only foreground uploads moved readers to the new one)."""
+    m = mounter(["writeback"])
+    p = m.path / "f"
+    p.write_bytes(b"old content")
+    m.remount()
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        p.write_bytes(b"new content, longer")
+        deadline = time.monotonic() + 10
+        while client.get_object("f") != b"new content, longer":
+            assert time.monotonic() < deadline, "the write-back upload did not land"
+            time.sleep(0.05)
+        time.sleep(0.2)  # the mount records the finished upload after the server has it
+        assert os.pread(fd, 100, 0) == b"new content, longer"
+    finally:
+        os.close(fd)
+
+
 def test_regression_read_only_close_with_a_writer_open(mounter, client) -> None:
     """Shrunk by the model: closing a read-only handle while another handle holds
     unsent writes uploads nothing (POSIX promises nothing there); the writer's
