@@ -347,12 +347,9 @@ class Operations(pyfuse3.Operations):
     async def _truncate(self, node: Inode, size: int, fh: int | None) -> None:
         if node.is_dir():
             raise OSError(errno.EISDIR, "is a directory")
-        if node.ino in self.staged:
-            f = self.staged[node.ino][0]
-            await f.truncate(size)
-            node.local = True
-            node.attr.size = size
-            return
+        # Staged here even when open handles have it staged already: the last of
+        # those may be released (FUSE sends RELEASE after close() returned) while
+        # this truncate waits, and the flush below must still find the file.
         f = await self._stage(node, truncate=size == 0)
         try:
             await f.truncate(size)

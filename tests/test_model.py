@@ -967,6 +967,25 @@ def test_regression_read_only_handle_sees_a_write_back_upload(mounter, client) -
         os.close(fd)
 
 
+@pytest.mark.parametrize("options", [[], ["writeback"]], ids=["default", "writeback"])
+def test_regression_truncate_right_after_close_is_uploaded(mounter, client, options) -> None:
+    """Shrunk by the model (write-back): truncate(path) right after close() was
+    never uploaded when the closing handle's RELEASE, which FUSE sends after
+    close() returns, unstaged the file while the truncate waited for it: the flush
+    that follows found nothing staged. Racy, so many rounds."""
+    m = mounter(["multipart_size=1", *options])
+    (m.path / "c").mkdir()
+    for i in range(60):
+        p = m.path / "c" / f"a{i}"
+        p.write_bytes(os.urandom(65489))
+        time.sleep((i % 5) * 0.002)
+        os.truncate(p, 1000)
+        deadline = time.monotonic() + 5
+        while len(client.get_object(f"c/a{i}")) != 1000:
+            assert time.monotonic() < deadline, f"c/a{i}: the truncate never went up"
+            time.sleep(0.02)
+
+
 def test_regression_read_only_close_with_a_writer_open(mounter, client) -> None:
     """Shrunk by the model: closing a read-only handle while another handle holds
     unsent writes uploads nothing (POSIX promises nothing there); the writer's
