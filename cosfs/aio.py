@@ -115,11 +115,11 @@ class AsyncClient:
 
     def _blocking(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[trio.Event]:
         """The running deletes a call with these arguments must wait for."""
-        keys = [a for a in _strings(args) if a in self._deleting]
+        events = [self._deleting[a] for a in _strings(args) if a in self._deleting]
         prefix = kwargs.get("prefix")
         if isinstance(prefix, str):
-            keys += [k for k in self._deleting if k.startswith(prefix)]
-        return [self._deleting[k] for k in keys if k in self._deleting]
+            events += [e for k, e in self._deleting.items() if k.startswith(prefix)]
+        return events
 
 
 def _strings(args: Iterable[Any]) -> Iterable[str]:

@@ -521,7 +521,7 @@ class Namespace:
         attributes. Gone from the server: the foreground resolves the name again
         (ENOENT, or what took it); the background leaves it to the foreground."""
         parent = self.inodes.get(inode.parent)
-        bound = parent is not None and self.children.get((parent.ino, inode.name)) == inode.ino
+        bound = parent is not None and self.linked(inode)
         key = self.key_of(inode)
         has_marker = False
         if inode.is_dir():
@@ -795,7 +795,7 @@ class Namespace:
         self._rebase_pending(inode.ino, info.etag, metadata)
         self.object_attrs[info.key] = (info.etag, replace(inode.attr, partial=False))
         parent = self.inodes.get(inode.parent)
-        if parent is not None and self.children.get((parent.ino, inode.name)) == inode.ino:
+        if parent is not None and self.linked(inode):
             self._note_change(parent, inode.name, DirEntry(inode.name, False, info))
         inode.expires = self._expiry()
 
