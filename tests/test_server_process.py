@@ -121,6 +121,46 @@ def test_crash_mid_upload_leaves_the_old_object(fresh_server):
     assert list((root / "tmp").iterdir()) == [] and _blob_count(root) == 1
 
 
+def test_a_read_keeps_the_parts_it_reads_and_restarts_keep_completed_parts(fresh_server):
+    """A completed upload is its parts' blobs: a GET under way when the object is
+    deleted still sends every byte, the blobs go once it ends, and a restart's sweep
+    keeps the parts of live objects."""
+    bucket, root = fresh_server.bucket, fresh_server.root
+    sdk = make_sdk_client(fresh_server)
+    part = 4 << 20
+    chunks = [os.urandom(part) for _ in range(3)]  # more than the socket buffers hold
+
+    def upload(key: str) -> bytes:
+        upload_id = sdk.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        etags = [sdk.upload_part(Bucket=bucket, Key=key, Body=chunk, PartNumber=n + 1,
+                                 UploadId=upload_id)["ETag"] for n, chunk in enumerate(chunks)]
+        sdk.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                      MultipartUpload={"Part": [
+                                          {"PartNumber": n + 1, "ETag": e}
+                                          for n, e in enumerate(etags)]})
+        return b"".join(chunks)
+
+    whole = upload("kept")
+    upload("doomed")
+    assert _blob_count(root) == 6
+    stream = sdk.get_object(Bucket=bucket, Key="doomed")["Body"].get_raw_stream()
+    first = stream.read(1)
+    sdk.delete_object(Bucket=bucket, Key="doomed")
+    assert first + stream.read() == whole
+    stream.close()
+    deadline = time.monotonic() + 10
+    while _blob_count(root) != 3:
+        assert time.monotonic() < deadline, "the deleted object's parts stayed"
+        time.sleep(0.05)
+
+    fresh_server.stop()
+    fresh_server.start(fresh_server.port)
+    sdk = make_sdk_client(fresh_server)
+    assert _blob_count(root) == 3
+    got = sdk.get_object(Bucket=bucket, Key="kept")["Body"].get_raw_stream().read()
+    assert got == whole
+
+
 def test_readers_never_see_a_partial_object(cos_server, sdk, bucket):
     size, versions = 1 << 20, b"abcdefgh"
     sdk.put_object(Bucket=bucket, Key="hot", Body=b"a" * size)

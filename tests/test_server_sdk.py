@@ -366,6 +366,44 @@ def test_multipart_upload_with_part_copy(sdk, bucket):
     assert "Upload" not in sdk.list_multipart_uploads(Bucket=bucket)
 
 
+def test_a_completed_upload_reads_and_copies_across_its_parts(sdk, bucket):
+    """The server keeps a completed upload's parts as they are: every range, copy and
+    part copy must read across their boundaries as if they were one file."""
+    upload_id = sdk.create_multipart_upload(Bucket=bucket, Key="parts")["UploadId"]
+    chunks = [os.urandom(PART), os.urandom(PART + 7), os.urandom(1000)]
+    etags = [sdk.upload_part(Bucket=bucket, Key="parts", Body=chunk, PartNumber=n + 1,
+                             UploadId=upload_id)["ETag"] for n, chunk in enumerate(chunks)]
+    sdk.upload_part(Bucket=bucket, Key="parts", Body=b"left out", PartNumber=9,
+                    UploadId=upload_id)
+    sdk.complete_multipart_upload(Bucket=bucket, Key="parts", UploadId=upload_id,
+                                  MultipartUpload={"Part": [
+                                      {"PartNumber": n + 1, "ETag": e}
+                                      for n, e in enumerate(etags)]})
+    whole = b"".join(chunks)
+    assert read_body(sdk.get_object(Bucket=bucket, Key="parts")) == whole
+    for start, end in [(PART - 10, PART + 10), (0, 2 * PART + 6), (2 * PART + 6, len(whole) - 1),
+                       (5, len(whole) - 1), (PART, PART)]:
+        got = read_body(sdk.get_object(Bucket=bucket, Key="parts", Range=f"bytes={start}-{end}"))
+        assert got == whole[start:end + 1], (start, end)
+
+    sdk.copy_object(Bucket=bucket, Key="parts-copy",
+                    CopySource={"Bucket": bucket, "Key": "parts", "Region": REGION})
+    other = sdk.create_multipart_upload(Bucket=bucket, Key="from-parts")["UploadId"]
+    span = f"bytes={PART - 3}-{2 * PART + 100}"
+    copied = sdk.upload_part_copy(Bucket=bucket, Key="from-parts", PartNumber=1,
+                                  UploadId=other, CopySourceRange=span,
+                                  CopySource={"Bucket": bucket, "Key": "parts",
+                                              "Region": REGION})
+    assert copied["ETag"] == f'"{md5_hex(whole[PART - 3:2 * PART + 101])}"'
+    sdk.delete_object(Bucket=bucket, Key="parts")
+    assert read_body(sdk.get_object(Bucket=bucket, Key="parts-copy")) == whole
+    sdk.complete_multipart_upload(Bucket=bucket, Key="from-parts", UploadId=other,
+                                  MultipartUpload={"Part": [
+                                      {"PartNumber": 1, "ETag": copied["ETag"]}]})
+    assert read_body(sdk.get_object(Bucket=bucket, Key="from-parts")) == \
+        whole[PART - 3:2 * PART + 101]
+
+
 def test_multipart_errors(sdk, bucket):
     upload_id = sdk.create_multipart_upload(Bucket=bucket, Key="m")["UploadId"]
     small = sdk.upload_part(Bucket=bucket, Key="m", Body=b"x" * 10, PartNumber=1,

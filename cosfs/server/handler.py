@@ -346,8 +346,9 @@ class Exchange:
             return
         length = response.body_length // 2 if cut else response.body_length
         if response.file is not None:
-            sent = h.connection.sendfile(response.file, response.offset, length) \
-                if length else 0
+            sent = 0
+            for blob, offset, count in response.file.pieces(response.offset, length):
+                sent += h.connection.sendfile(blob, offset, count)
         else:
             h.wfile.write(response.body[:length])
             sent = length

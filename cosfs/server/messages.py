@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import BinaryIO
 from urllib.parse import quote
 
+from .blobs import BlobReader
 from .bodies import RequestBody
 from .errors import CosServerError
 from .routing import Target, host_region
@@ -122,13 +122,13 @@ class Context:
 @dataclass
 class Response:
     """An answer. The body is ``body`` bytes, or ``length`` bytes of ``file`` from
-    ``offset`` (sent with ``sendfile``; the HTTP layer closes the file). A HEAD answer
+    ``offset`` (sent with ``sendfile``; the HTTP layer closes the reader). A HEAD answer
     sets ``Content-Length`` in ``headers`` itself and has no body."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-    file: BinaryIO | None = None
+    file: BlobReader | None = None
     offset: int = 0
     length: int = 0
 

@@ -56,8 +56,8 @@ def upload_part_copy(ctx: Context, req: Request) -> Response:
             ByteRange(0, source.size - 1)
         if byte_range.length > MAX_OBJECT_SIZE:
             raise CosServerError("EntityTooLarge", "A part may not exceed 5 GB")
-        if source.size:
-            writer.copy_from(file.fileno(), byte_range.start, byte_range.length)
+        for blob, offset, count in file.pieces(byte_range.start, byte_range.length):
+            writer.copy_from(blob, offset, count)
     except BaseException:
         writer.discard()
         raise

@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-from .blobs import BlobDir, BlobWriter
+from .blobs import BlobDir, BlobReader, BlobWriter, join_segments, segments
 from .errors import CosServerError
 from .listing import ListResult, list_page, successor
 
@@ -60,7 +59,7 @@ class Attributes:
 class ObjectRecord:
     bucket: str
     key: bytes
-    blob: str
+    blob: str  # a blob reference (see blobs.py): one blob, or the parts of an upload
     size: int
     etag: str  # without quotes
     mtime: float
@@ -162,8 +161,8 @@ class Store:
     link them); an appendable object's blob only grows beyond the recorded ``size``
     before its row is updated, so a reader that reads ``size`` bytes always sees a
     whole object. A row changes only after its new blob is complete, and an old blob is
-    unlinked only after the row stops naming it; a crash leaves at worst unreferenced
-    blobs, swept at the next start.
+    unlinked only after the row stops naming it and no reader holds it (``open``
+    pins it); a crash leaves at worst unreferenced blobs, swept at the next start.
 
     Concurrency: thread-safe. One SQLite connection guarded by ``_lock``; bytes are
     copied outside the lock. Appends to the same key are serialised by a per-key lock
@@ -181,6 +180,10 @@ class Store:
         self.blobs = BlobDir(root)
         self._lock = threading.RLock()
         self._append_locks = _KeyedLocks()
+        # Blob references open for reading, with their readers; those whose row went
+        # away meanwhile are unlinked by the last reader's close.
+        self._pins: dict[str, int] = {}
+        self._unpinned_removal: set[str] = set()
         self._db = sqlite3.connect(root / "meta.sqlite3", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -194,7 +197,7 @@ class Store:
 
     def _sweep(self) -> None:
         rows = self._db.execute("SELECT blob FROM objects UNION ALL SELECT blob FROM parts")
-        self.blobs.sweep({blob for (blob,) in rows})
+        self.blobs.sweep({blob for (ref,) in rows for blob, _ in segments(ref)})
 
     # -- buckets -------------------------------------------------------------------
 
@@ -245,12 +248,33 @@ class Store:
             raise _no_such_key(key)
         return record
 
-    def open(self, bucket: str, key: bytes) -> tuple[ObjectRecord, BinaryIO]:
-        """The record and an open file of its blob, taken together so a concurrent
-        overwrite or delete cannot pull the blob away in between."""
+    def open(self, bucket: str, key: bytes) -> tuple[ObjectRecord, BlobReader]:
+        """The record and a reader of its bytes, taken together: a concurrent
+        overwrite or delete leaves the blobs in place until the reader is closed."""
         with self._lock:
             record = self.head(bucket, key)
-            return record, open(self.blobs.path(record.blob), "rb", buffering=0)  # noqa: SIM115
+            ref = record.blob
+            self._pins[ref] = self._pins.get(ref, 0) + 1
+        return record, self.blobs.reader(ref, record.size, lambda: self._unpin(ref))
+
+    def _unpin(self, ref: str) -> None:
+        with self._lock:
+            users = self._pins.pop(ref) - 1
+            if users:
+                self._pins[ref] = users
+                return
+            if ref not in self._unpinned_removal:
+                return
+            self._unpinned_removal.discard(ref)
+        self.blobs.remove(ref)
+
+    def _drop_blob(self, ref: str) -> None:
+        """Unlink the blobs of a reference no row names any more, now or (while a
+        reader holds them) at its close. Caller holds ``_lock``."""
+        if ref in self._pins:
+            self._unpinned_removal.add(ref)
+        else:
+            self.blobs.remove(ref)
 
     def _replace(self, record: ObjectRecord) -> None:
         """Insert or overwrite the row of ``record``; unlink the blob it replaces.
@@ -264,7 +288,7 @@ class Store:
                  record.mtime, int(record.appendable), record.attrs.storage_class,
                  json.dumps(record.attrs.headers), json.dumps(record.attrs.meta)))
         if old is not None and old.blob != record.blob:
-            self.blobs.remove(old.blob)
+            self._drop_blob(old.blob)
 
     def put(self, bucket: str, key: bytes, writer: BlobWriter, etag: str,
             attrs: Attributes) -> ObjectRecord:
@@ -304,7 +328,7 @@ class Store:
             with self._db:
                 self._db.execute("DELETE FROM objects WHERE bucket = ? AND key = ?",
                                  (bucket, key))
-            self.blobs.remove(old.blob)
+            self._drop_blob(old.blob)
             return True
 
     def list(self, bucket: str, prefix: bytes, delimiter: bytes, marker: bytes,
@@ -425,9 +449,9 @@ class Store:
 
     def complete(self, bucket: str, key: bytes, upload_id: str,
                  requested: list[tuple[int, str]], min_part_size: int) -> ObjectRecord:
-        """Assemble the listed parts into the object ``key``. The bytes are copied
-        outside the lock from files opened under it; the upload must still exist when
-        the result is recorded (else NoSuchUpload: a concurrent abort or complete won)."""
+        """Make the listed parts the object ``key``. Their blobs become the object's
+        as they are (see blobs.py): nothing is copied, so this is quick whatever the
+        size; the parts not listed are deleted with the upload."""
         with self._lock:
             self.require_bucket(bucket)
             upload = self._upload(bucket, key, upload_id)
@@ -435,28 +459,14 @@ class Store:
                 "SELECT number, blob, size, etag, mtime FROM parts WHERE upload_id = ?",
                 (upload_id,))}
             parts = _choose_parts(stored, requested, min_part_size)
-            files = [os.open(self.blobs.path(p.blob), os.O_RDONLY) for p in parts]
-        writer = self.blobs.writer()
-        try:
-            for part, fd in zip(parts, files, strict=True):
-                writer.copy_from(fd, 0, part.size)
-        except BaseException:
-            writer.discard()
-            raise
-        finally:
-            for fd in files:
-                os.close(fd)
-        blob = writer.commit()
-        record = ObjectRecord(bucket, key, blob, writer.size,
-                              multipart_etag([p.etag for p in parts]), time.time(), False,
-                              upload.attrs)
-        with self._lock:
-            try:
-                self._upload(bucket, key, upload_id)
-            except CosServerError:
-                self.blobs.remove(blob)
-                raise
-            self._replace(record)
+            ref = join_segments([(p.blob, p.size) for p in parts])
+            record = ObjectRecord(bucket, key, ref, sum(p.size for p in parts),
+                                  multipart_etag([p.etag for p in parts]), time.time(), False,
+                                  upload.attrs)
+            with self._db:  # one transaction: the parts move from the upload to the object
+                self._db.executemany("DELETE FROM parts WHERE upload_id = ? AND number = ?",
+                                     [(upload_id, p.number) for p in parts])
+                self._replace(record)
             self._drop_upload(upload_id)
         return record
 
