@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import http.client
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,7 @@ from conftest import make_client
 from socket_util import pump, shutdown_quietly
 
 from cosfs.cos import CosError
+from cosfs.cos.body import FileSlice
 from cosfs.cos.transport import Transport, _parse_head
 
 
@@ -263,3 +266,80 @@ def test_answers_are_framed_like_http_client() -> None:
     assert ask()[2] == b"ok"
     assert peer.accepted == 2  # "Connection: close" was honoured
     t.close()
+
+
+class RecordingPeer:
+    """An HTTP peer on loopback that keeps the body of each request (framed by its
+    Content-Length) and answers 200; one connection at a time."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            with conn, conn.makefile("rb") as reader:
+                while reader.readline():
+                    length = 0
+                    while (header := reader.readline()) not in (b"\r\n", b""):
+                        name, _, value = header.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    body = reader.read(length)
+                    if len(body) < length:
+                        self.bodies.append(b"<short:%d>" % len(body))
+                        break
+                    self.bodies.append(body)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
+def _put(transport: Transport, body: FileSlice) -> int:
+    headers = {"Host": "peer", "Content-Length": str(len(body))}
+    resp = transport.send("PUT", "/k", headers, body)
+    status = resp.status
+    resp.close()
+    return status
+
+
+def test_file_windows_are_sent_whole_from_any_offset(tmp_path, monkeypatch) -> None:
+    """A window of a staging file goes out with sendfile from its offset; one that
+    reaches past a file cut short is padded with zeros (zero_fill), else the request
+    fails rather than send less than it announced."""
+    peer = RecordingPeer()
+    kernel_sends: list[int] = []
+    original = socket.socket.sendfile
+
+    def sendfile(self, file, offset=0, count=None):  # type: ignore[no-untyped-def]
+        kernel_sends.append(count)
+        return original(self, file, offset, count)
+
+    monkeypatch.setattr(socket.socket, "sendfile", sendfile)
+    data = os.urandom(3 << 20)
+    path = tmp_path / "staged"
+    path.write_bytes(data)
+    transport = Transport("http", f"127.0.0.1:{peer.port}", connect_timeout=5,
+                          read_timeout=10, pool_size=1)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert _put(transport, FileSlice(fd, 12345, 2 << 20)) == 200
+        assert _put(transport, FileSlice(fd, 0, 100)) == 200  # below SENDFILE_FROM
+        window = FileSlice(fd, (3 << 20) - 1000, 1 << 20, zero_fill=True)
+        assert _put(transport, window) == 200
+        strict = FileSlice(fd, 1 << 20, 1 << 20)
+        os.truncate(path, (1 << 20) + 5000)
+        with pytest.raises(OSError, match="ended"):
+            _put(transport, strict)
+    finally:
+        os.close(fd)
+        transport.close()
+    deadline = time.monotonic() + 10
+    while len(peer.bodies) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert peer.bodies[0] == data[12345:12345 + (2 << 20)]
+    assert peer.bodies[1] == data[:100]
+    assert peer.bodies[2] == data[-1000:] + bytes((1 << 20) - 1000)
+    assert peer.bodies[3].startswith(b"<short:")
+    assert kernel_sends == [2 << 20, 1 << 20, 1 << 20]  # not the 100-byte body
