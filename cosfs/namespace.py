@@ -43,7 +43,7 @@ import errno
 import logging
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 import cachetools
@@ -110,6 +110,7 @@ class MetaTuning:
     max_cached: int = 100_000  # entries in the attribute and listing caches
     head_parallel: int = 64  # copies in flight while renaming a directory
     fill_parallel: int = 16  # background HEADs (LISTs) completing a listing's entries
+    fill_chunk: int = 8  # files whose HEADs one worker-thread call sends in turn
     fill_window: int = 32  # siblings the first completion in a directory fetches ahead;
     fill_window_max: int = 1024  # doubled by each later one, up to this
     probe_keys: int = 200  # keys a directory's completion LIST asks for (kept as its
@@ -496,40 +497,68 @@ class Namespace:
 
     async def _fill_batch(self, batch: list[Inode]) -> None:
         """Background: complete ``batch`` (each already marked in ``_filling``),
-        in order, at most ``fill_parallel`` requests at once. A failure leaves the
-        inode partial; whoever needs it asks again and sees the error."""
+        in order, at most ``fill_parallel`` requests at once. Files go in chunks of
+        ``fill_chunk``, each chunk's HEADs one worker-thread call (a trip to a
+        thread and back costs more of the mount's CPU than the HEAD itself). A
+        failure leaves the inode partial; whoever needs it asks again and sees the
+        error."""
+        files = [node for node in batch if not node.is_dir()]
+        size = self.tuning.fill_chunk
+        async with trio.open_nursery() as nursery:
+            for node in batch:
+                if node.is_dir():
+                    nursery.start_soon(self._fill_some, [node], self._fill_dirs)
+            for at in range(0, len(files), size):
+                nursery.start_soon(self._fill_some, files[at:at + size], self._fill_files)
 
-        async def one(node: Inode) -> None:
-            event = self._filling[node.ino]
-            try:
-                async with self._fill_limit:
-                    if node.attr.partial:
-                        await self._fill(node, foreground=False)
-            except (CosError, OSError) as exc:
-                log.debug("completing %s: %s", self.path_of(node), exc)
-            finally:
+    async def _fill_some(self, nodes: list[Inode],
+                         fill: Callable[[list[Inode]], Awaitable[None]]) -> None:
+        events = [self._filling[node.ino] for node in nodes]
+        try:
+            async with self._fill_limit:
+                todo = [node for node in nodes if node.attr.partial]
+                if todo:
+                    await fill(todo)
+        except (CosError, OSError) as exc:
+            log.debug("completing %s: %s", self.path_of(nodes[0]), exc)
+        finally:
+            for node, event in zip(nodes, events, strict=True):
                 if self._filling.get(node.ino) is event:
                     del self._filling[node.ino]
                 event.set()
 
-        async with trio.open_nursery() as nursery:
-            for node in batch:
-                nursery.start_soon(one, node)
+    async def _fill_dirs(self, nodes: list[Inode]) -> None:
+        for node in nodes:
+            await self._fill(node, foreground=False)
+
+    async def _fill_files(self, nodes: list[Inode]) -> None:
+        bound = [self._bound_parent(node) for node in nodes]
+        found = await self.aclient.head_objects([self.key_of(node) for node in nodes])
+        for node, parent, got in zip(nodes, bound, found, strict=True):
+            if isinstance(got, CosError):
+                if got.status != 404:
+                    log.debug("completing %s: %s", self.path_of(node), got)
+                continue  # gone: the foreground resolves the name when asked
+            await self._filled(node, parent, self._file_attr(got), False, foreground=False)
+
+    def _bound_parent(self, inode: Inode) -> Inode | None:
+        """The parent ``inode`` is bound under, or None (unlinked, or moved away)."""
+        parent = self.inodes.get(inode.parent)
+        return parent if parent is not None and self.linked(inode) else None
 
     async def _fill(self, inode: Inode, *, foreground: bool) -> Inode:
         """One request (two for a directory with a marker) for ``inode``'s full
         attributes. Gone from the server: the foreground resolves the name again
         (ENOENT, or what took it); the background leaves it to the foreground."""
-        parent = self.inodes.get(inode.parent)
-        bound = parent is not None and self.linked(inode)
+        parent = self._bound_parent(inode)
         key = self.key_of(inode)
         has_marker = False
+        attr: Attr | None = None
         if inode.is_dir():
             prefix = key + "/"
             page = await self.aclient.list_objects(prefix=prefix, delimiter="/",
                                                    max_keys=self.tuning.probe_keys)
-            found = bool(page.contents or page.common_prefixes)
-            if found:
+            if page.contents or page.common_prefixes:
                 has_marker = bool(page.contents) and page.contents[0].key == prefix
                 attr = await self._dir_attr(key) if has_marker else \
                     meta.implicit_dir_attr(self.defaults, time.time_ns())
@@ -541,25 +570,26 @@ class Namespace:
                     self._keep_listing(inode.ino, listing)
         else:
             try:
-                info = await self.aclient.head_object(key)
-                found = True
+                attr = self._file_attr(await self.aclient.head_object(key))
             except CosError as exc:
                 if exc.status != 404:
                     raise
-                found = False
-            if found:
-                attr = self._file_attr(info)
+        return await self._filled(inode, parent, attr, has_marker, foreground=foreground)
+
+    async def _filled(self, inode: Inode, parent: Inode | None, attr: Attr | None,
+                      has_marker: bool, *, foreground: bool) -> Inode:
+        """Take what a completion found (``attr`` None: nothing on the server);
+        ``parent``: where ``inode`` was bound when its request went out."""
         if not inode.attr.partial:
             return inode  # completed meanwhile
-        if not found:
-            if foreground and bound:
-                return await self._lookup_remote(parent, inode.name)  # type: ignore[arg-type]
+        if attr is None:
+            if foreground and parent is not None:
+                return await self._lookup_remote(parent, inode.name)
             if foreground:
                 inode.attr.partial = False  # unlinked and gone: what we know is all
             return inode
-        if bound:
-            return self._attach(parent, inode.name, attr,  # type: ignore[arg-type]
-                                has_marker=has_marker)
+        if parent is not None:
+            return self._attach(parent, inode.name, attr, has_marker=has_marker)
         inode.attr, inode.has_marker = attr, has_marker
         return inode
 

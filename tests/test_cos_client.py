@@ -199,6 +199,16 @@ def test_copy(client: CosClient) -> None:
     assert e.value.status == 404
 
 
+def test_head_objects_answers_each_key_in_order(client: CosClient) -> None:
+    client.put_object("h/a", b"1", metadata={"mode": "1"})
+    client.put_object("h/c", b"333")
+    found = client.head_objects(["h/c", "h/missing", "h/a"])
+    assert [type(f).__name__ for f in found] == ["ObjectInfo", "CosError", "ObjectInfo"]
+    assert (found[0].size, found[2].metadata) == (3, {"mode": "1"})
+    assert found[1].status == 404
+    assert client.head_objects([]) == []
+
+
 def test_delete_and_delete_multiple_in_batches(cos_server, client: CosClient) -> None:
     client.delete_object("never-existed")
     existing = [f"k{i:04d} +%" for i in range(0, 2100, 100)]

@@ -189,6 +189,18 @@ class CosClient:
         resp = self._run(_Call("HeadObject", "HEAD", key, headers=headers))
         return self._info(key, resp.headers, int(resp.headers.get("Content-Length", 0)))
 
+    def head_objects(self, keys: list[str]) -> list[ObjectInfo | CosError]:
+        """A HEAD of each key, one after the other: what each found, or the error
+        it ended with (404 included). One call for many keys is one trip to and
+        from a worker thread for an async caller instead of one per key."""
+        found: list[ObjectInfo | CosError] = []
+        for key in keys:
+            try:
+                found.append(self.head_object(key))
+            except CosError as exc:
+                found.append(exc)
+        return found
+
     def get_object(self, key: str, start: int | None = None, end: int | None = None,
                    if_match: str | None = None) -> bytes:
         """The object's bytes ``[start, end]`` (both inclusive; None: from 0 / to
