@@ -45,6 +45,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import cachetools
 import trio
@@ -57,6 +58,7 @@ from cosfs.journal import Journal, MetadataRecord
 from cosfs.meta import Attr, Defaults
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ROOT_INODE = 1
 # Storage classes whose objects COS refuses to copy until restored.
@@ -103,6 +105,15 @@ class Listing:
     entries: dict[str, DirEntry] = field(default_factory=dict)
 
 
+def chunked(items: list[T], parallel: int, most: int) -> list[list[T]]:
+    """``items`` in order, cut into chunks whose HEADs go one after the other from
+    one worker-thread call: no larger than needed to keep ``parallel`` chunks busy
+    (a chunk of N costs N round trips of latency against a distant endpoint), and
+    no larger than ``most``."""
+    size = min(most, max(1, -(-len(items) // parallel)))
+    return [items[at:at + size] for at in range(0, len(items), size)]
+
+
 @dataclass
 class MetaTuning:
     ttl: float = 10.0  # seconds attributes and listings stay valid (0: no caching)
@@ -110,7 +121,7 @@ class MetaTuning:
     max_cached: int = 100_000  # entries in the attribute and listing caches
     head_parallel: int = 64  # copies in flight while renaming a directory
     fill_parallel: int = 16  # background HEADs (LISTs) completing a listing's entries
-    fill_chunk: int = 8  # files whose HEADs one worker-thread call sends in turn
+    fill_chunk: int = 8  # most files whose HEADs one worker-thread call sends in turn
     fill_window: int = 32  # siblings the first completion in a directory fetches ahead;
     fill_window_max: int = 1024  # doubled by each later one, up to this
     probe_keys: int = 200  # keys a directory's completion LIST asks for (kept as its
@@ -503,13 +514,12 @@ class Namespace:
         failure leaves the inode partial; whoever needs it asks again and sees the
         error."""
         files = [node for node in batch if not node.is_dir()]
-        size = self.tuning.fill_chunk
         async with trio.open_nursery() as nursery:
             for node in batch:
                 if node.is_dir():
                     nursery.start_soon(self._fill_some, [node], self._fill_dirs)
-            for at in range(0, len(files), size):
-                nursery.start_soon(self._fill_some, files[at:at + size], self._fill_files)
+            for chunk in chunked(files, self.tuning.fill_parallel, self.tuning.fill_chunk):
+                nursery.start_soon(self._fill_some, chunk, self._fill_files)
 
     async def _fill_some(self, nodes: list[Inode],
                          fill: Callable[[list[Inode]], Awaitable[None]]) -> None:
@@ -717,23 +727,25 @@ class Namespace:
 
     async def _head_entries(self, parent: Inode, todo: list[DirEntry],
                             bound: dict[str, Inode]) -> None:
-        """Bind ``todo`` (file entries) with full attributes from HEADs in parallel."""
+        """Bind ``todo`` (file entries) with full attributes from HEADs in parallel
+        (in chunks, see ``chunked``)."""
         base = self.key_of(parent)
         limit = trio.CapacityLimiter(self.tuning.head_parallel)
 
-        async def head(e: DirEntry) -> None:
+        async def head(chunk: list[DirEntry]) -> None:
             async with limit:
-                try:
-                    info = await self.aclient.head_object(names.child_key(base, e.name))
-                except CosError as exc:
-                    if exc.status != 404:
-                        raise
-                    return  # deleted since the listing
-                bound[e.name] = self._attach(parent, e.name, self._file_attr(info))
+                found = await self.aclient.head_objects(
+                    [names.child_key(base, e.name) for e in chunk])
+            for e, got in zip(chunk, found, strict=True):
+                if isinstance(got, CosError):
+                    if got.status != 404:
+                        raise got
+                    continue  # deleted since the listing
+                bound[e.name] = self._attach(parent, e.name, self._file_attr(got))
 
         async with trio.open_nursery() as nursery:
-            for e in todo:
-                nursery.start_soon(head, e)
+            for chunk in chunked(todo, self.tuning.head_parallel, self.tuning.fill_chunk):
+                nursery.start_soon(head, chunk)
 
     # -- creating ------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ import time
 import pytest
 from conftest import make_client
 
+from cosfs.namespace import chunked
+
 
 def sdk_head(sdk, bucket: str, key: str) -> dict:
     return sdk.head_object(Bucket=bucket, Key=key)
@@ -463,3 +465,13 @@ def test_writeback_unlink_and_replace_right_after_close(mounter, cos_server, buc
     assert keys == set(expected)
     for name, data in expected.items():
         assert sdk_get(sdk, bucket, name) == data
+
+
+def test_chunks_of_heads_keep_every_parallel_slot_busy() -> None:
+    """Few entries: one HEAD per chunk (all in parallel, one round trip of latency);
+    many: chunks grow to keep the slots busy, never past the cap."""
+    assert chunked(list(range(9)), 64, 8) == [[i] for i in range(9)]
+    assert [len(c) for c in chunked(list(range(40)), 16, 8)] == [3] * 13 + [1]
+    assert [len(c) for c in chunked(list(range(1000)), 16, 8)] == [8] * 125
+    assert chunked([], 16, 8) == []
+    assert sum(chunked(list(range(100)), 7, 8), []) == list(range(100))
