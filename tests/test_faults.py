@@ -286,6 +286,13 @@ def run_error_rate(mounter, server: ServerProcess, rate: float, ops: int) -> Non
     server.set_faults("*", error_rate=rate)
     for _ in range(ops):
         w.step()
+    # Errors are drawn at random and many steps are answered from the mount's
+    # caches: go on until the faults were met at least once, or the test proves
+    # nothing (a short run could draw none).
+    for _ in range(4 * ops):
+        if injected(server):
+            break
+        w.step()
     hits = injected(server)
     result = settle_and_audit(m, server, w)
     report(f"{rate:.0%} errors (500/503) on every operation", w, result, injected=hits)
