@@ -508,8 +508,8 @@ class Namespace:
 
     async def _fill_batch(self, batch: list[Inode]) -> None:
         """Background: complete ``batch`` (each already marked in ``_filling``),
-        in order, at most ``fill_parallel`` requests at once. Files go in chunks of
-        ``fill_chunk``, each chunk's HEADs one worker-thread call (a trip to a
+        in order, at most ``fill_parallel`` requests at once. Files go in chunks
+        (``chunked``), each chunk's HEADs one worker-thread call (a trip to a
         thread and back costs more of the mount's CPU than the HEAD itself). A
         failure leaves the inode partial; whoever needs it asks again and sees the
         error."""
