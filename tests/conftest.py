@@ -190,6 +190,15 @@ def tls(cos_server: ServerProcess, certs: tuple[Path, Path, Path]) -> Iterator:
 # -- FUSE mounts -------------------------------------------------------------
 
 
+def fsync_dir(path: Path) -> None:
+    """fsync() of a directory (cosfs: waits for the background DELETEs under it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def is_mounted(path: Path) -> bool:
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == str(path) for line in f)

@@ -30,6 +30,23 @@ def cos_request(server: ServerProcess, sdk, method: str, bucket: str, key: str =
                             timeout=30, **kwargs)
 
 
+def sdk_upload_parts(sdk, bucket: str, key: str, chunks: list[bytes]) -> tuple[str, list[str]]:
+    """Start a multipart upload of ``key`` and upload ``chunks`` as parts 1..N with the
+    official SDK; (upload id, part ETags)."""
+    upload_id = sdk.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    etags = [sdk.upload_part(Bucket=bucket, Key=key, Body=chunk, PartNumber=n + 1,
+                             UploadId=upload_id)["ETag"] for n, chunk in enumerate(chunks)]
+    return upload_id, etags
+
+
+def sdk_complete(sdk, bucket: str, key: str, upload_id: str, etags: list[str]) -> dict:
+    """Complete ``upload_id`` with parts 1..N of ``etags``."""
+    return sdk.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload_id,
+        MultipartUpload={"Part": [{"PartNumber": n + 1, "ETag": e}
+                                  for n, e in enumerate(etags)]})
+
+
 def s3_client(server: ServerProcess, secret_id: str = SECRET_ID,
               secret_key: str = SECRET_KEY, **config):
     """boto3, SigV4, path-style, pointed at ``server``; no retries so errors show."""

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SECRET_ID, SECRET_KEY, _env, make_client
+from conftest import SECRET_ID, SECRET_KEY, _env, fsync_dir, make_client
 from reliability_util import record
 from test_mount_cli import cosfs, one_line_error
 
@@ -157,14 +157,6 @@ HOSTILE = ["new\nline", "tab\there", "ctrl\x01char", "del\x7f", "carriage\rretur
            "back\\slash", "\\", "star*", 'quo"te', "lt<gt>", "pi|pe", "co:lon", " lead",
            "trail ", "-dash", "~tilde", "sin'gle", "%2e%2e", "%2F", "...", "rtl\u202eexe.txt",
            "zero\u200bwidth", "emoji\U0001f600", "e\u0301combining"]
-
-
-def fsync_dir(path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def test_hostile_names_round_trip(mnt, client) -> None:

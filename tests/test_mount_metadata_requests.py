@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, fsync_dir
 
 
 def ops(server: ServerProcess) -> dict[str, int]:
@@ -190,9 +190,7 @@ def test_a_renamed_files_old_key_is_deleted_in_the_background_and_fenced(
     os.rename(d / "c", d / "e")
     assert sorted(os.listdir(d)) == ["a", "b", "e"]  # the LIST waited for mv/c's
     os.rename(d / "e", d / "f")
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-    os.fsync(fd)  # waits for the DELETE of mv/e
-    os.close(fd)
+    fsync_dir(d)  # waits for the DELETE of mv/e
     assert [o.key for o in client.list_objects(prefix="mv/").contents] == \
         ["mv/", "mv/a", "mv/b", "mv/f"]
     os.rename(d / "f", d / "g")

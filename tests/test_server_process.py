@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 from conftest import REPO, SECRET_ID, SECRET_KEY, ServerProcess, make_sdk_client
-from server_util import bucket_host, cos_request
+from server_util import bucket_host, cos_request, sdk_complete, sdk_upload_parts
 
 from cosfs.server.cli import build_parser
 
@@ -130,18 +130,9 @@ def test_a_read_keeps_the_parts_it_reads_and_restarts_keep_completed_parts(fresh
     part = 4 << 20
     chunks = [os.urandom(part) for _ in range(3)]  # more than the socket buffers hold
 
-    def upload(key: str) -> bytes:
-        upload_id = sdk.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
-        etags = [sdk.upload_part(Bucket=bucket, Key=key, Body=chunk, PartNumber=n + 1,
-                                 UploadId=upload_id)["ETag"] for n, chunk in enumerate(chunks)]
-        sdk.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
-                                      MultipartUpload={"Part": [
-                                          {"PartNumber": n + 1, "ETag": e}
-                                          for n, e in enumerate(etags)]})
-        return b"".join(chunks)
-
-    whole = upload("kept")
-    upload("doomed")
+    for key in ("kept", "doomed"):
+        sdk_complete(sdk, bucket, key, *sdk_upload_parts(sdk, bucket, key, chunks))
+    whole = b"".join(chunks)
     assert _blob_count(root) == 6
     stream = sdk.get_object(Bucket=bucket, Key="doomed")["Body"].get_raw_stream()
     first = stream.read(1)

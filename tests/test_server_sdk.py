@@ -15,7 +15,7 @@ import requests
 from conftest import APPID, REGION, SECRET_ID, SECRET_KEY
 from qcloud_cos import CosConfig, CosS3Client
 from qcloud_cos.cos_exception import CosServiceError
-from server_util import bucket_host, cos_request
+from server_util import bucket_host, cos_request, sdk_complete, sdk_upload_parts
 
 ODD_KEYS = ["with space.txt", "per%cent", "plus+sign", "hash#tag", "quest?ion", "amp&er=sand",
             "中文/文件名.txt", "dir/", "a/b/c/", "tilde~star*paren()", "emoji-😀"]
@@ -369,16 +369,11 @@ def test_multipart_upload_with_part_copy(sdk, bucket):
 def test_a_completed_upload_reads_and_copies_across_its_parts(sdk, bucket):
     """The server keeps a completed upload's parts as they are: every range, copy and
     part copy must read across their boundaries as if they were one file."""
-    upload_id = sdk.create_multipart_upload(Bucket=bucket, Key="parts")["UploadId"]
     chunks = [os.urandom(PART), os.urandom(PART + 7), os.urandom(1000)]
-    etags = [sdk.upload_part(Bucket=bucket, Key="parts", Body=chunk, PartNumber=n + 1,
-                             UploadId=upload_id)["ETag"] for n, chunk in enumerate(chunks)]
+    upload_id, etags = sdk_upload_parts(sdk, bucket, "parts", chunks)
     sdk.upload_part(Bucket=bucket, Key="parts", Body=b"left out", PartNumber=9,
                     UploadId=upload_id)
-    sdk.complete_multipart_upload(Bucket=bucket, Key="parts", UploadId=upload_id,
-                                  MultipartUpload={"Part": [
-                                      {"PartNumber": n + 1, "ETag": e}
-                                      for n, e in enumerate(etags)]})
+    sdk_complete(sdk, bucket, "parts", upload_id, etags)
     whole = b"".join(chunks)
     assert read_body(sdk.get_object(Bucket=bucket, Key="parts")) == whole
     for start, end in [(PART - 10, PART + 10), (0, 2 * PART + 6), (2 * PART + 6, len(whole) - 1),
@@ -397,9 +392,7 @@ def test_a_completed_upload_reads_and_copies_across_its_parts(sdk, bucket):
     assert copied["ETag"] == f'"{md5_hex(whole[PART - 3:2 * PART + 101])}"'
     sdk.delete_object(Bucket=bucket, Key="parts")
     assert read_body(sdk.get_object(Bucket=bucket, Key="parts-copy")) == whole
-    sdk.complete_multipart_upload(Bucket=bucket, Key="from-parts", UploadId=other,
-                                  MultipartUpload={"Part": [
-                                      {"PartNumber": 1, "ETag": copied["ETag"]}]})
+    sdk_complete(sdk, bucket, "from-parts", other, [copied["ETag"]])
     assert read_body(sdk.get_object(Bucket=bucket, Key="from-parts")) == \
         whole[PART - 3:2 * PART + 101]
 
