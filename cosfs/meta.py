@@ -38,12 +38,18 @@ NAME_MAX = 255
 
 @dataclass(frozen=True)
 class Defaults:
-    """Attributes for objects that carry no cosfs metadata (mount options)."""
+    """Attributes for objects that carry no cosfs metadata (mount options).
+
+    ``use_metadata`` False (``-o listing_attrs``) treats every object as carrying
+    none: a listing then says all there is to know of a name, so listing a
+    directory needs no HEAD per object (as goofys and mountpoint-s3 do).
+    """
 
     uid: int = 0
     gid: int = 0
     file_mode: int = 0o644
     dir_mode: int = 0o755
+    use_metadata: bool = True
 
 
 @dataclass
@@ -127,8 +133,9 @@ def _int_meta(meta: dict[str, str], name: str) -> int | None:
 
 def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = False) -> Attr:
     """Attributes of an object (a file, a symlink, or with ``is_dir`` a ``dir/``
-    marker). Metadata that is missing or malformed falls back to the defaults."""
-    meta = info.metadata
+    marker). Metadata that is missing or malformed falls back to the defaults, and
+    so does all of it unless ``defaults.use_metadata``."""
+    meta = info.metadata if defaults.use_metadata else {}
     mtime_ns = int(info.last_modified * 1_000_000_000)
     parsed = parse_mtime(meta["mtime"]) if "mtime" in meta else None
     if parsed is not None:  # 0 (the epoch) is a time like any other
@@ -156,7 +163,8 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
         storage_class=info.storage_class,
         xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
         mtime_set=parse_mtime(meta.get("mtime", "")) is not None,
-        partial=info.from_listing,
+        # Without metadata to read, a listing's attributes are the whole truth.
+        partial=info.from_listing and defaults.use_metadata,
         content_type=info.content_type,
     )
 

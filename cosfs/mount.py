@@ -264,7 +264,8 @@ def prepare(args: MountArgs, environ: dict[str, str] | None = None) -> Prepared:
     uid = os.getuid() if args.uid is None else int(args.uid)  # type: ignore[call-overload]
     gid = os.getgid() if args.gid is None else int(args.gid)  # type: ignore[call-overload]
     defaults = meta.Defaults(uid=uid, gid=gid, file_mode=0o666 & ~umask,
-                             dir_mode=0o777 & ~umask)
+                             dir_mode=0o777 & ~umask,
+                             use_metadata=not args.listing_attrs)
     data_t, meta_t = build_tunings(args)
     return Prepared(args, os.path.realpath(args.mountpoint), config, root_key, cache_dir,
                     data_t, meta_t, defaults)

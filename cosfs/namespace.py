@@ -713,12 +713,13 @@ class Namespace:
             return inode
         if e.info is None:
             attr = meta.implicit_dir_attr(self.defaults, time.time_ns())
-            attr.partial = True  # a marker may carry its mode: asked when needed
+            # A marker may carry its mode: asked when needed.
+            attr.partial = self.defaults.use_metadata
             return self._attach(parent, e.name, attr)
         cached = self.object_attrs.get(e.info.key)
         if cached is not None and meta.same_object(cached[1], e.info):
             return self._attach(parent, e.name, replace(cached[1], size=e.info.size))
-        if meta.may_be_symlink(e.info.size):
+        if self.defaults.use_metadata and meta.may_be_symlink(e.info.size):
             # readdirplus must give the kernel the right type (find -type uses it,
             # and the kernel refuses an inode that changes type): only the
             # object's metadata can say whether it is a symlink.

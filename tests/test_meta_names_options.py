@@ -43,6 +43,19 @@ def test_symlink_mode_kept_and_directory_forced():
     assert d.mode == stat.S_IFDIR | 0o700 and d.size == 0
 
 
+def test_without_metadata_reading_an_object_is_its_listing_entry():
+    no_meta = meta.Defaults(uid=1000, gid=100, file_mode=0o640, use_metadata=False)
+    m = {"mode": str(stat.S_IFLNK | 0o777), "uid": "7", "mtime": "1600000000",
+         "xattr": meta.encode_xattrs({"user.k": b"v"})}
+    headed = meta.attr_from_object(info(metadata=m), no_meta)
+    listed = meta.attr_from_object(info(from_listing=True), no_meta)
+    assert headed.mode == listed.mode == stat.S_IFREG | 0o640
+    assert headed.mtime_ns == listed.mtime_ns == 1_700_000_000_500_000_000
+    assert (headed.uid, headed.xattrs) == (1000, {})
+    assert not listed.partial  # nothing a HEAD could add
+    assert meta.attr_from_object(info(from_listing=True), D).partial
+
+
 def test_malformed_metadata_falls_back():
     a = meta.attr_from_object(info(metadata={"mode": "x", "uid": "", "mtime": "later"}), D)
     assert a.mode == stat.S_IFREG | 0o640 and a.uid == 1000

@@ -269,3 +269,66 @@ def test_an_object_replaced_on_the_server_keeps_its_data_and_metadata(mounter, c
     os.rename(m.path / "r", m.path / "s")
     assert client.get_object("s") == b"theirs"
     assert int(head_meta(client, "s")["mode"]) == stat.S_IFREG | 0o640
+
+
+# -- -o listing_attrs ------------------------------------------------------------------
+
+
+def test_listing_attrs_lists_without_heads_and_ignores_metadata(mounter, client, cos_server):
+    for i in range(10):
+        client.put_object(f"d/f{i}", b"y" * (10 + i), metadata=COSFS_FILE if i % 2 else None)
+    client.put_object("d/link", b"f1", metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    client.put_object("d/sub/", b"", content_type="application/x-directory",
+                      metadata={"mode": str(stat.S_IFDIR | 0o700), "uid": "42"})
+    client.put_object("d/sub/x", b"x")
+    m = mounter(["listing_attrs"])
+    cos_server.reset_stats()
+    out = run("ls", "-ln", str(m.path / "d")).splitlines()[1:]
+    found = run("find", str(m.path / "d")).split()
+    with os.scandir(m.path / "d") as it:
+        kinds = {e.name: (e.is_file(follow_symlinks=False), e.is_symlink()) for e in it}
+    counts = ops(cos_server)
+    # One HEAD for the cold lookup of d (a 404: a directory), then LISTs only.
+    assert counts.get("HeadObject", 0) <= 1
+    assert set(counts) <= {"ListObjects", "HeadObject"}
+    assert len(out) == 12 and len(found) == 1 + 12 + 1
+    assert kinds["link"] == (True, False) and kinds["f1"] == (True, False)
+    # Every object shows the mount's defaults and its Last-Modified, whatever its
+    # metadata says, and stays so after a HEAD (the cache expired or not).
+    for name in ("f0", "f1", "link"):
+        st = os.lstat(m.path / "d" / name)
+        assert stat.S_ISREG(st.st_mode)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (
+            0o666 & ~0o022, os.getuid(), os.getgid())
+        assert int(st.st_mtime) == int(client.head_object(f"d/{name}").last_modified)
+    assert (m.path / "d" / "link").read_bytes() == b"f1"
+    assert stat.S_IMODE(os.stat(m.path / "d" / "sub").st_mode) == 0o777 & ~0o022
+    assert os.listxattr(m.path / "d" / "f1") == []
+
+
+def test_listing_attrs_stores_changes_and_lists_the_defaults(mounter, client):
+    m = mounter(["listing_attrs"])
+    p = m.path / "f"
+    p.write_bytes(b"data")
+    os.chmod(p, 0o600)
+    os.utime(p, ns=(1_000_000_000, 1_234_567_890_000_000_000))
+    os.symlink("f", m.path / "l")
+    os.setxattr(p, "user.k", b"v")
+    # This mount shows its own changes while it holds the file...
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    assert os.readlink(m.path / "l") == "f"
+    m.unmount()
+    # ...and stores them, for COSFS and for mounts without the option,
+    meta = head_meta(client, "f")
+    assert int(meta["mode"]) == stat.S_IFREG | 0o600 and meta["mtime"] == "1234567890"
+    plain = mounter(name="plain")
+    assert stat.S_IMODE(os.stat(plain.path / "f").st_mode) == 0o600
+    assert os.readlink(plain.path / "l") == "f"
+    assert os.getxattr(plain.path / "f", "user.k") == b"v"
+    # but a fresh listing of its own shows the defaults and Last-Modified.
+    m.start()
+    st = os.lstat(p)
+    assert (stat.S_IMODE(st.st_mode), int(st.st_mtime)) == (
+        0o666 & ~0o022, int(client.head_object("f").last_modified))
+    assert stat.S_ISREG(os.lstat(m.path / "l").st_mode)
+    assert (m.path / "l").read_bytes() == b"f" and p.read_bytes() == b"data"
