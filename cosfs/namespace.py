@@ -419,8 +419,15 @@ class Namespace:
         if not page.contents and not page.common_prefixes:
             return None
         if page.contents and page.contents[0].key == key + "/":
-            return await self._dir_attr(key), True
+            return await self._marker_attr(key, page.contents[0]), True
         return meta.implicit_dir_attr(self.defaults, time.time_ns()), False
+
+    async def _marker_attr(self, key: str, marker: ObjectInfo) -> Attr:
+        """Attributes of directory ``key`` whose marker a listing showed: its
+        metadata needs a HEAD, unless metadata is not read at all."""
+        if not self.defaults.use_metadata:
+            return meta.attr_from_object(marker, self.defaults, is_dir=True)
+        return await self._dir_attr(key)
 
     async def _dir_attr(self, key: str) -> Attr:
         """Attributes of a directory with a marker (its metadata, from a HEAD)."""
@@ -570,8 +577,8 @@ class Namespace:
                                                    max_keys=self.tuning.probe_keys)
             if page.contents or page.common_prefixes:
                 has_marker = bool(page.contents) and page.contents[0].key == prefix
-                attr = await self._dir_attr(key) if has_marker else \
-                    meta.implicit_dir_attr(self.defaults, time.time_ns())
+                attr = await self._marker_attr(key, page.contents[0]) if has_marker \
+                    else meta.implicit_dir_attr(self.defaults, time.time_ns())
                 if not page.is_truncated and self._cache_on \
                         and self.listings.get(inode.ino) is None:
                     # All of it: the readdir that usually follows needs no request.
@@ -713,8 +720,9 @@ class Namespace:
             return inode
         if e.info is None:
             attr = meta.implicit_dir_attr(self.defaults, time.time_ns())
-            # A marker may carry its mode: asked when needed.
-            attr.partial = self.defaults.use_metadata
+            # Asked when needed (a marker may carry its mode), with the LIST that
+            # also serves its readdir, fetched ahead for the following ones.
+            attr.partial = True
             return self._attach(parent, e.name, attr)
         cached = self.object_attrs.get(e.info.key)
         if cached is not None and meta.same_object(cached[1], e.info):
