@@ -25,7 +25,9 @@ Invariants
       see ``defer_attr``); every pending entry has a journal row until stored.
     - ``attr.partial`` (attributes from a listing only) is only ever seen by
       readdir; ``lookup``, ``getattr`` and ``complete`` return full attributes.
-      A partial file is never a possible symlink (its size rules that out).
+      A partial file is never a possible symlink (its size rules that out), and
+      never exists when no metadata is read (``-o listing_attrs``): a listing
+      then says all there is of a file.
     - Our own changes update the caches at once; other clients' changes show once
       ``ttl`` has passed.
 
