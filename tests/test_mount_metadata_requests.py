@@ -294,7 +294,7 @@ def test_listing_attrs_lists_without_heads_and_ignores_metadata(mounter, client,
     assert len(out) == 12 and len(found) == 1 + 12 + 1
     assert kinds["link"] == (True, False) and kinds["f1"] == (True, False)
     # Every object shows the mount's defaults and its Last-Modified, whatever its
-    # metadata says, and stays so after a HEAD (the cache expired or not).
+    # metadata says (a HEAD's answer is read the same way: see the next test).
     for name in ("f0", "f1", "link"):
         st = os.lstat(m.path / "d" / name)
         assert stat.S_ISREG(st.st_mode)
