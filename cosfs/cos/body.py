@@ -158,10 +158,6 @@ class FileSlice(io.RawIOBase):
     def __len__(self) -> int:
         return self._length
 
-    @property
-    def zero_fill(self) -> bool:
-        return self._zero_fill
-
     def window(self) -> tuple[int, int, int]:
         """(descriptor, file offset, byte count) of what is left to read: what
         ``sendfile`` needs to send it from the page cache without a copy through

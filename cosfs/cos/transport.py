@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import collections
 import http.client
+import io
 import logging
 import os
 import select
@@ -353,16 +354,14 @@ def _send_window(sock: socket.socket, body: FileSlice) -> None:
     """
     fd, offset, count = body.window()
     sent = sock.sendfile(_Descriptor(fd), offset, count) if count else 0  # type: ignore[arg-type]
-    if sent == count:
-        return
-    # The file is shorter than the window (cut while it was sent).
-    if not body.zero_fill:
-        raise OSError(f"the file ended {count - sent} bytes before the announced body")
-    zeros = memoryview(bytes(min(SEND_BLOCK, count - sent)))
-    while sent < count:
-        n = min(len(zeros), count - sent)
-        sock.sendall(zeros[:n])
-        sent += n
+    body.seek(sent, io.SEEK_CUR)
+    # Less was sent only if the file was cut meanwhile: the slice's own reads say
+    # what the rest is (zeros with zero_fill, else nothing and the request fails).
+    while block := body.read(SEND_BLOCK):
+        sock.sendall(block)
+    if body.tell() < len(body):
+        raise OSError(f"the file ended {len(body) - body.tell()} bytes before the "
+                      "announced body")
 
 
 class _Descriptor:
