@@ -454,10 +454,9 @@ class Namespace:
         if inode.attr.partial:
             return await self.complete(inode)
         if (self._authoritative(inode) or inode.is_dir()
-                or inode.expires > trio.current_time()
-                or not self.linked(inode)):
+                or inode.expires > trio.current_time()):
             return inode
-        parent = self.inodes.get(inode.parent)
+        parent = self._bound_parent(inode)
         if parent is None:
             return inode
         try:
@@ -847,8 +846,8 @@ class Namespace:
         inode.local = False
         self._rebase_pending(inode.ino, info.etag, metadata)
         self.object_attrs[info.key] = (info.etag, replace(inode.attr, partial=False))
-        parent = self.inodes.get(inode.parent)
-        if parent is not None and self.linked(inode):
+        parent = self._bound_parent(inode)
+        if parent is not None:
             self._note_change(parent, inode.name, DirEntry(inode.name, False, info))
         inode.expires = self._expiry()
 
