@@ -95,6 +95,19 @@ class Handle:
     reader: Any = None  # cosfs.reader.ObjectReader for read-only handles
 
 
+@dataclass
+class _Held:
+    """What an unlink, rename or metadata change holds until it ends (see
+    ``Operations._hold_unsent``)."""
+    staged: list[Inode]  # staged by the operation: data waiting in the cache
+    paused: list[Any]  # StagedFiles whose waiting write-back upload must not start
+
+    def __iadd__(self, other: _Held) -> _Held:
+        self.staged += other.staged
+        self.paused += other.paused
+        return self
+
+
 class Operations(pyfuse3.Operations):
     """FUSE operations of one mount. ``data`` is the mount's reader/writer context
     (see :class:`cosfs.mount.DataPath`)."""
@@ -315,16 +328,17 @@ class Operations(pyfuse3.Operations):
         """Give ``node`` the attributes ``new`` on the server. ``defer``: a clean
         file's metadata copy may wait (``Namespace.defer_attr``; chmod, chown,
         utime); xattr changes are stored before the call returns."""
-        # Data waiting in the cache after a failed upload goes up now, with it.
-        held = await self._hold_below(node)
+        # Data waiting in the cache after a failed upload goes up now, with it; a
+        # write-back upload (waiting or running) carries it by itself.
+        held = _Held(await self._hold_below(node), [])
         try:
             staged = self.staged.get(node.ino)
             if staged is not None and staged[0].dirty:  # the pending upload carries it
                 if not meta.fits_metadata_limit(new):
                     raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
                 node.attr = new
-                staged[0].metadata, staged[0].content_type = self._upload_args(node)
-                if held:
+                staged[0].remember(*self._upload_args(node))
+                if held.staged and not staged[0].writeback_pending:
                     await self._flush_inode(node, sync=True)
             else:
                 # Nothing pending (an open file not written to, even if truncated to
@@ -488,24 +502,42 @@ class Operations(pyfuse3.Operations):
         self.orphans.add(node.ino)
         return node
 
-    async def _hold_unsent(self, parent_inode: int, name: str) -> list[Inode]:
+    async def _hold_unsent(self, parent_inode: int, name: str, *,
+                           moving: bool = False) -> _Held:
         """Stage the files at or below ``name`` whose data waits in the cache because
-        their last upload failed (no handle holds them). Staged, they take part in
-        what follows: an unlink discards their data, a rename uploads it first and
-        moves it along. Left idle, the journal would upload it under the old name at
-        the next mount, bringing a deleted or renamed file back."""
+        their last upload failed or runs in the background (no handle holds them).
+        Staged, they take part in what follows: an unlink discards their data, a
+        rename uploads it first and moves it along. Left idle, the journal would
+        upload it under the old name at the next mount, bringing a deleted or
+        renamed file back.
+
+        A write-back upload that has not started is held instead of waited for:
+        an unlink (or a rename over the file) drops it, and a rename (``moving``)
+        of a file with no object yet gives it the new key, so it is sent once,
+        under its final name. Any other one in flight would land after what
+        follows (the DELETE of an unlink, the copy of a rename) and undo it: it
+        finishes first."""
+        held = _Held([], [])
         top = self.ns.child(parent_inode, name)
         if top is None:
-            return []
-        held = await self._hold_below(top)
-        # A write-back upload still in flight would land after what follows (the
-        # DELETE of an unlink, the copy of a rename) and undo it: let it finish.
-        for staged_ino in self._staged_below(top):
-            await self.staged[staged_ino][0].wait_background()
+            return held
+        try:
+            held.staged += await self._hold_below(top)
+            for staged_ino in self._staged_below(top):
+                f = self.staged[staged_ino][0]
+                node = self.ns.inodes.get(staged_ino)
+                retarget = node is not None and not node.attr.etag
+                if (retarget or not moving) and f.hold_writeback():
+                    held.paused.append(f)
+                else:
+                    await f.wait_background()
+        except BaseException:
+            await self._release_held(held)
+            raise
         return held
 
     async def _hold_below(self, top: Inode) -> list[Inode]:
-        """:meth:`_hold_unsent` for ``top`` and everything below it."""
+        """Stage the files at or below ``top`` with data only in the cache."""
         # Only a directory needs the scan (an unlink of one file must stay cheap).
         nodes = list(self.ns.inodes.values()) if top.is_dir() else [top]
         held = []
@@ -516,8 +548,10 @@ class Operations(pyfuse3.Operations):
                 held.append(node)
         return held
 
-    async def _release_held(self, held: list[Inode]) -> None:
-        for node in held:
+    async def _release_held(self, held: _Held) -> None:
+        for f in held.paused:
+            f.release_writeback()
+        for node in held.staged:
             f = self.staged[node.ino][0]
             await self._unstage(node)
             if not f.dirty and not node.attr.etag and node.ino not in self.staged:
@@ -544,14 +578,16 @@ class Operations(pyfuse3.Operations):
         moved: dict[int, str] = {}  # open inode -> its key before the rename
 
         async def flush_first(src: Inode) -> None:
+            paused = {id(f) for f in held.paused}
             for ino in self._staged_below(src):
-                await self._flush_inode(self.ns.inodes[ino], sync=True)
+                if id(self.staged[ino][0]) not in paused:  # moves along unsent
+                    await self._flush_inode(self.ns.inodes[ino], sync=True)
             for node in self._open_below(src):
                 moved[node.ino] = self.ns.key_of(node)
 
-        held = await self._hold_unsent(parent_inode_old, old)
-        held += await self._hold_unsent(parent_inode_new, new)
+        held = await self._hold_unsent(parent_inode_old, old, moving=True)
         try:
+            held += await self._hold_unsent(parent_inode_new, new)
             # A file renamed over stays readable through its open handles, like an
             # unlinked one: its bytes move into the cache before the object goes.
             kept = None if flags & pyfuse3.RENAME_NOREPLACE else \

@@ -28,6 +28,7 @@ import json
 import os
 import sqlite3
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterable
@@ -63,6 +64,9 @@ CREATE TABLE IF NOT EXISTS uploads (
     staged_id INTEGER,
     started REAL NOT NULL
 );
+-- One row, bumped by Journal.sync: a commit to make durable with one fsync.
+CREATE TABLE IF NOT EXISTS sync_marker (n INTEGER NOT NULL);
+INSERT INTO sync_marker SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM sync_marker);
 """
 
 
@@ -112,9 +116,12 @@ class Journal:
     """SQLite journal of dirty staged files and open multipart uploads.
 
     Every method commits before it returns (WAL, ``synchronous=NORMAL``: a commit
-    survives the death of the process; :meth:`sync` checkpoints with fsync for the
-    moments that must survive a power loss). One connection, used only from the
-    thread running the trio loop; calls are short (no row holds file data).
+    survives the death of the process; :meth:`sync` makes what is committed survive
+    a power loss too). One connection, used only from the thread running the trio
+    loop; calls are short (no row holds file data). :meth:`sync` has a connection
+    of its own (``synchronous=FULL``) and a lock, so any thread may call it: its
+    commit fsyncs the WAL, and with it every commit before it, while the trio
+    loop goes on.
     """
 
     def __init__(self, path: Path) -> None:
@@ -123,15 +130,21 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._sync_db = sqlite3.connect(str(path), isolation_level=None,
+                                        check_same_thread=False)
+        self._sync_db.execute("PRAGMA synchronous=FULL")
+        self._sync_lock = threading.Lock()
 
     def close(self) -> None:
+        self._sync_db.close()
         self._db.close()
 
-    def _change(self, sql: str, params: tuple) -> sqlite3.Cursor:
+    def _change(self, sql: str, params: tuple = (), db: sqlite3.Connection | None = None
+                ) -> sqlite3.Cursor:
         """Run one statement that writes; a full or read-only cache disk raises
         OSError(ENOSPC / EROFS) so the application sees why."""
         try:
-            return self._db.execute(sql, params)
+            return (db or self._db).execute(sql, params)
         except sqlite3.Error as exc:
             code = _DISK_ERRORS.get(getattr(exc, "sqlite_errorcode", -1) & 0xFF)
             if code is None:
@@ -139,8 +152,11 @@ class Journal:
             raise OSError(code, f"cache journal {self.path}: {exc}") from exc
 
     def sync(self) -> None:
-        """Make every committed change durable against power loss."""
-        self._db.execute("PRAGMA wal_checkpoint(FULL)")
+        """Make every committed change durable against power loss: one small
+        commit with ``synchronous=FULL`` fsyncs the WAL that holds them all (a
+        checkpoint would copy them into the database first, for nothing)."""
+        with self._sync_lock:
+            self._change("UPDATE sync_marker SET n = n + 1", db=self._sync_db)
 
     # -- staged files ----------------------------------------------------------
     def add_file(self, rec: StagedRecord) -> int:

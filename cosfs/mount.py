@@ -227,6 +227,7 @@ def build_tunings(args: MountArgs) -> tuple[tuning.Tuning, MetaTuning]:
         cache_limit=int(args.cache_size_mb) * MiB,  # type: ignore[call-overload]
         min_free_bytes=int(args.ensure_diskfree) * MiB,  # type: ignore[call-overload]
         writeback=bool(args.writeback),
+        writeback_delay=float(args.writeback_delay),  # type: ignore[arg-type]
         create_appendable=bool(args.append_new_files),
         upload_prefix=names.dir_prefix(names.normalize_root(args.prefix)),
     )

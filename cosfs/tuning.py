@@ -58,6 +58,9 @@ class Tuning:
     append_chunk: int = 1 * GiB
     # flush() returns at once and uploads in the background (fsync is a barrier).
     writeback: bool = False
+    # ...after this long without another close(): a file renamed or deleted
+    # meanwhile is uploaded under its final name, or not at all.
+    writeback_delay: float = 1.0
     # New files opened append-only become appendable objects (COS only).
     create_appendable: bool = False
 

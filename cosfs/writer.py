@@ -29,6 +29,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import re
 import secrets
@@ -132,6 +133,9 @@ class StagedFile:
     data, the log and the maps (writes, truncates, fills); reads of valid bytes and
     part uploads read the file without it (a write racing an upload bumps the part's
     version, which voids that part). ``_upload_lock`` admits one upload at a time.
+    A write-back upload waits for its delay and for every :meth:`hold_writeback`
+    to be released before it sends anything; :meth:`wait_background` cuts the
+    delay short.
     """
 
     def __init__(self, cache: WriteCache, ino: int, key: str, base: ObjectInfo | None,
@@ -168,9 +172,18 @@ class StagedFile:
         # Metadata changed while an upload carried the older one: upload again.
         self._meta_stale = False
         self._writeback: trio.Event | None = None  # set when the background upload ends
+        # The background upload starts at _wb_due (trio time), or at once after
+        # start_writeback_now (_wb_now), once no operation holds it
+        # (hold_writeback); _wb_wake makes it look again.
+        self._wb_due = 0.0
+        self._wb_now = False
+        self._wb_holds = 0
+        self._wb_wake = trio.Event()
+        self._wb_sending = False
         self._error: OSError | None = None  # a background upload's failure, reported once
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         self._log = ExtentLog(cache.staging_dir / f"{name}.log")
+        self._log_stale = False  # holds records of changes already uploaded
         if record is None:
             os.ftruncate(self._fd, self._map.size)
         self._account()
@@ -338,13 +351,16 @@ class StagedFile:
         """Commit the journal row before the first change reaches the staging file."""
         if self._record is not None or self._discarded:
             return
+        if self._log_stale:
+            self._log.clear()
+            self._log_stale = False
         base = self._base
         self._record = StagedRecord(
             ino=self.ino, key=self._key, name=self.name,
             base_key=base.key if base else None, base_etag=base.etag if base else None,
             base_size=base.size if base else 0,
             base_appendable=bool(base and base.appendable),
-            metadata=self.metadata, content_type=self.content_type)
+            metadata=dict(self.metadata), content_type=self.content_type)
         self._cache.journal.add_file(self._record)
 
     # -- filling from the base object ---------------------------------------------------
@@ -397,7 +413,6 @@ class StagedFile:
                 # descriptor) and writes use both files.
                 async with self._lock:
                     await trio.to_thread.run_sync(self._sync_locally)
-                self._cache.journal.sync()
                 self._start_writeback()
             return None
         return await self._upload()
@@ -406,16 +421,51 @@ class StagedFile:
                     content_type: str | None = None) -> ObjectInfo | None:
         """Barrier: returns once every byte staged so far is on the server."""
         self._remember(metadata, content_type)
-        if self._writeback is not None:
-            await self._writeback.wait()
+        await self.wait_background()
         self._raise_background_error()
         return await self._upload()
 
     async def wait_background(self) -> None:
-        """Wait until no write-back upload is in flight (its failure, if any, is
-        still reported by the next flush or fsync)."""
+        """Start a write-back upload still waiting for its delay, and wait until none
+        is in flight (its failure, if any, is still reported by the next flush or
+        fsync). Never called by the holder of :meth:`hold_writeback`."""
+        self.start_writeback_now()
         if self._writeback is not None:
             await self._writeback.wait()
+
+    def start_writeback_now(self) -> None:
+        """End a waiting write-back upload's delay (holds still apply; a close
+        meanwhile does not delay it again)."""
+        if self._writeback is not None:
+            self._wb_now = True
+            self._wb_wake.set()
+
+    @property
+    def writeback_pending(self) -> bool:
+        """A write-back upload is scheduled or running."""
+        return self._writeback is not None
+
+    @property
+    def writeback_waiting(self) -> bool:
+        """A write-back upload is scheduled and has sent nothing yet."""
+        return self._writeback is not None and not self._wb_sending
+
+    def hold_writeback(self) -> bool:
+        """Keep a waiting write-back upload from starting until
+        :meth:`release_writeback`, so a rename can give it another key or an unlink
+        drop it before anything is sent. False (nothing held) when none is waiting."""
+        if not self.writeback_waiting:
+            return False
+        self._wb_holds += 1
+        return True
+
+    def release_writeback(self) -> None:
+        self._wb_holds -= 1
+        self._wb_wake.set()
+
+    def remember(self, metadata: dict[str, str], content_type: str | None) -> None:
+        """The metadata the next upload carries (journaled with the staged file)."""
+        self._remember(metadata, content_type)
 
     def discard(self) -> None:
         """The file was unlinked: never upload it; forget it at the last release."""
@@ -426,15 +476,15 @@ class StagedFile:
             self._record = None
 
     def _remember(self, metadata: dict[str, str] | None, content_type: str | None) -> None:
-        if metadata is None and content_type is None:
-            return
         if metadata is not None:
             self.metadata = dict(metadata)
         if content_type is not None:
             self.content_type = content_type
-        if self._record is not None:
-            rec = self._record
-            rec.metadata, rec.content_type = self.metadata, self.content_type
+        rec = self._record
+        # Each close passes the metadata again: only a change costs a journal commit.
+        if rec is not None and (rec.metadata, rec.content_type) != (self.metadata,
+                                                                    self.content_type):
+            rec.metadata, rec.content_type = dict(self.metadata), self.content_type
             self._journal_advisory("metadata", lambda: self._cache.journal.update_file(rec))
 
     def _journal_advisory(self, what: str, change: Callable[[], None]) -> bool:
@@ -457,19 +507,33 @@ class StagedFile:
             raise err
 
     def _sync_locally(self) -> None:
-        """Make the staged data durable against power loss (write-back flush; a
-        worker thread)."""
+        """Make the staged data and its journal row durable against power loss
+        (write-back flush; a worker thread)."""
         os.fsync(self._fd)
         self._log.fsync()
+        self._cache.journal.sync()
 
     def _start_writeback(self) -> None:
+        """Upload in the background once ``writeback_delay`` passed since the last
+        close: a temporary file renamed or deleted meanwhile (rsync, editors,
+        compilers) is uploaded once under its final name, or never."""
+        self._wb_due = trio.current_time() + self._t.writeback_delay
         if self._writeback is None:
             self._writeback = trio.Event()
             self._cache.tasks.spawn(self._writeback_loop)
 
+    async def _writeback_due(self) -> None:
+        while self._wb_holds or not (self._wb_now or trio.current_time() >= self._wb_due):
+            self._wb_wake = trio.Event()
+            with trio.move_on_at(math.inf if self._wb_holds or self._wb_now
+                                 else self._wb_due):
+                await self._wb_wake.wait()
+
     async def _writeback_loop(self) -> None:
         assert self._writeback is not None
         try:
+            await self._writeback_due()
+            self._wb_sending, self._wb_now = True, False
             while self.dirty:
                 info = await self._upload()
                 if info is not None and self._cache.on_upload is not None:
@@ -479,6 +543,7 @@ class StagedFile:
         except Exception as exc:
             self._error = _eio(f"uploading {self._key!r} failed", exc)
         finally:
+            self._wb_sending = False
             done, self._writeback = self._writeback, None
             done.set()
             self._cache.settle(self)
@@ -592,8 +657,10 @@ class StagedFile:
                 # copy under recovered/ (the object no longer matches its base).
                 if self._journal_advisory("upload", lambda: journal.remove_file(rec.id)):  # type: ignore[arg-type]
                     self._record = None
-                    with contextlib.suppress(OSError):  # a stray log is swept at start
-                        self._log.clear()
+                    # Without a row the log is a stray (swept at start); cleared
+                    # only if the file is changed again (_ensure_journaled): a
+                    # truncate of a just-fsynced file is not cheap.
+                    self._log_stale = True
                 return
             # Journal first: a crash between the two leaves a log that says more
             # is dirty than is, which only uploads more.
@@ -998,6 +1065,8 @@ class WriteCache:
     async def shutdown(self) -> None:
         """Clean unmount: wait for background uploads, then close everything.
         Files still dirty stay journaled for the next ``recover()``."""
+        for f in self._files():
+            f.start_writeback_now()
         await self.tasks.wait_idle()
         for f in self._files():
             try:

@@ -136,17 +136,37 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
-def test_rsync_costs_one_put_one_copy_one_delete_per_file(mounter, cos_server, tmp_path):
+RSYNC_FILES = 12
+
+
+def rsync_source(tmp_path) -> str:
+    """Files in two directories with assorted modes and nanosecond mtimes."""
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
-    n = 12
-    for i in range(n):
+    for i in range(RSYNC_FILES):
         f = src / ("sub" if i % 2 else "") / f"f{i}"
         f.write_bytes(os.urandom(100 + i))
         os.chmod(f, 0o600 if i % 3 else 0o640)
         os.utime(f, ns=(1_500_000_000_000_000_000 + i, 1_500_000_000_123_456_789 + i))
     os.chmod(src / "sub", 0o750)
     os.utime(src / "sub", ns=(1_400_000_000_000_000_000, 1_400_000_000_000_000_000))
+    return str(src)
+
+
+def check_rsync_copy(src: str, m) -> None:
+    """A fresh mount shows what rsync copied, and a second rsync sends nothing."""
+    m.start()
+    for rel in ["sub", *(os.path.join("sub" if i % 2 else "", f"f{i}")
+                         for i in range(RSYNC_FILES))]:
+        want, got = os.stat(os.path.join(src, rel)), os.stat(m.path / "dst" / rel)
+        assert (got.st_mode, got.st_mtime_ns) == (want.st_mode, want.st_mtime_ns)
+        assert stat.S_ISDIR(got.st_mode) or got.st_size == want.st_size
+    out = run("rsync", "-a", "--stats", f"{src}/", f"{m.path / 'dst'}/")
+    assert "Number of regular files transferred: 0" in out
+
+
+def test_rsync_costs_one_put_one_copy_one_delete_per_file(mounter, cos_server, tmp_path):
+    src, n = rsync_source(tmp_path), RSYNC_FILES
     m = mounter()
     cos_server.reset_stats()
     run("rsync", "-a", f"{src}/", f"{m.path / 'dst'}/")
@@ -159,13 +179,53 @@ def test_rsync_costs_one_put_one_copy_one_delete_per_file(mounter, cos_server, t
     assert n <= counts.get("PutObjectCopy", 0) <= n + 2
     assert counts.get("DeleteObject", 0) == n
     assert counts.get("HeadObject", 0) + counts.get("ListObjects", 0) <= 4
-    m.start()
-    for rel in ["sub", *(os.path.join("sub" if i % 2 else "", f"f{i}") for i in range(n))]:
-        want, got = os.stat(src / rel), os.stat(m.path / "dst" / rel)
-        assert (got.st_mode, got.st_mtime_ns) == (want.st_mode, want.st_mtime_ns)
-        assert stat.S_ISDIR(got.st_mode) or got.st_size == want.st_size
-    out = run("rsync", "-a", "--stats", f"{src}/", f"{m.path / 'dst'}/")
-    assert "Number of regular files transferred: 0" in out
+    check_rsync_copy(src, m)
+
+
+def test_writeback_rsync_sends_each_file_once_under_its_final_name(
+        mounter, cos_server, tmp_path):
+    src, n = rsync_source(tmp_path), RSYNC_FILES
+    m = mounter(["writeback"])
+    cos_server.reset_stats()
+    run("rsync", "-a", f"{src}/", f"{m.path / 'dst'}/")
+    m.unmount()
+    counts = ops(cos_server)
+    # Each temporary file is renamed (and utime'd, chmod'ed) while its upload
+    # waits: one PUT per file, under its final name, with the final metadata; no
+    # temporary key to copy or delete. Directories as without write-back.
+    assert counts.get("PutObject", 0) == n + 2
+    assert counts.get("PutObjectCopy", 0) <= 2
+    assert "DeleteObject" not in counts
+    check_rsync_copy(src, m)
+
+
+def test_writeback_files_deleted_within_the_delay_are_never_sent(mounter, cos_server):
+    # A delay far longer than the test: the unmount must not wait it out either.
+    m = mounter(["writeback", "writeback_delay=600"])
+    cos_server.reset_stats()
+    for i in range(5):
+        (m.path / f"scratch{i}").write_bytes(b"scratch")
+        (m.path / f"scratch{i}").unlink()
+    (m.path / "kept").write_bytes(b"kept")
+    assert m.unmount() == 0
+    writes = {op: n for op, n in ops(cos_server).items() if op not in ("HeadObject",
+                                                                         "ListObjects")}
+    assert writes == {"PutObject": 1}
+
+
+def test_writeback_rename_within_the_delay_survives_a_crash(mounter, client):
+    m = mounter(["writeback", "writeback_delay=600"])
+    (m.path / "d").mkdir()
+    tmp = m.path / "d" / ".f.tmp"
+    tmp.write_bytes(b"data" * 1000)
+    os.chmod(tmp, 0o640)
+    os.rename(tmp, m.path / "d" / "f")
+    m.kill()  # nothing of f was sent yet
+    assert [o.key for page in client.iter_list() for o in page.contents] == ["d/"]
+    m.start()  # recovery uploads it, under the name it had when the mount died
+    assert client.get_object("d/f") == b"data" * 1000
+    assert int(head_meta(client, "d/f")["mode"]) == stat.S_IFREG | 0o640
+    assert [o.key for page in client.iter_list() for o in page.contents] == ["d/", "d/f"]
 
 
 def test_a_renamed_files_old_key_is_deleted_in_the_background_and_fenced(

@@ -418,10 +418,18 @@ def test_unlinked_file_stays_readable_through_open_handles(mounter, cos_server, 
         make_client(cos_server, bucket).head_object("f")
 
 
-def test_writeback_rename_after_close_keeps_data(mounter, cos_server, bucket, sdk):
-    """rsync's pattern in write-back mode: the upload of each temporary file is
-    still running when it is utime'd, chmod'ed and renamed."""
-    m = mounter(["writeback"])
+# The default delay holds each upload back past the rename or unlink that follows
+# the close; without one the upload is running by then.
+WRITEBACK = pytest.mark.parametrize("writeback", [["writeback"],
+                                                  ["writeback", "writeback_delay=0"]],
+                                    ids=["delayed", "at-once"])
+
+
+@WRITEBACK
+def test_writeback_rename_after_close_keeps_data(mounter, cos_server, bucket, sdk, writeback):
+    """rsync's pattern in write-back mode: each temporary file is utime'd, chmod'ed
+    and renamed while its upload waits or runs."""
+    m = mounter(writeback)
     (m.path / "d").mkdir()
     for i in range(40):
         tmp = m.path / "d" / f".t{i}"
@@ -443,10 +451,13 @@ def test_writeback_rename_after_close_keeps_data(mounter, cos_server, bucket, sd
         assert sdk_get(sdk, bucket, f"d/f{i}") == b"x" * 12000
 
 
-def test_writeback_unlink_and_replace_right_after_close(mounter, cos_server, bucket, sdk):
-    """An upload still running in the background must not land after the unlink or
-    rename that follows it (a deleted file coming back, a replaced one reverting)."""
-    m = mounter(["writeback"])
+@WRITEBACK
+def test_writeback_unlink_and_replace_right_after_close(mounter, cos_server, bucket, sdk,
+                                                        writeback):
+    """An upload waiting or running in the background must not land after the
+    unlink or rename that follows it (a deleted file coming back, a replaced one
+    reverting)."""
+    m = mounter(writeback)
     expected = {}
     for i in range(30):
         data = os.urandom(100_000)

@@ -18,8 +18,9 @@ from conftest import SECRET_KEY, _env, is_mounted
 from cosfs import control
 
 MiB = 1024 * 1024
-# Slow multipart uploads: 1 MiB parts, one at a time, each part answered late.
-SLOW = ["writeback", "multipart_size=1", "parallel_count=1"]
+# Slow multipart uploads: 1 MiB parts, one at a time, each part answered late,
+# starting at close.
+SLOW = ["writeback", "writeback_delay=0", "multipart_size=1", "parallel_count=1"]
 
 
 def cosfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
