@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "4000 takes s3fs-fuse minutes per run)")
     p.add_argument("--streams", type=int, help="parallel GETs of the raw ceiling (8)")
     p.add_argument("--timeout", type=float, help="seconds any one wait may take (900)")
+    p.add_argument("--latency-ms", type=int, default=0, metavar="N",
+                   help="cosfs-server answers every request N ms late, as a distant "
+                   "endpoint would (default 0: a local server's round trip)")
     p.add_argument("--cosfs-opt", action="append", default=[], metavar="OPT",
                    help="extra -o option for cosfs (repeatable; recorded in the JSON)")
     p.add_argument("--s3fs-opt", action="append", default=[], metavar="OPT",
@@ -135,7 +138,7 @@ def _bench(args: argparse.Namespace, sizes: Sizes, repeat: int, workdir: Path,
            can_drop: bool) -> int:
     # A key pair of this run only: never anyone's real credentials, never in argv.
     key_id, secret = "AKIDbench" + secrets.token_hex(12), secrets.token_urlsafe(24)
-    server = _start_server(args.server, workdir, key_id, secret)
+    server = _start_server(args.server, workdir, key_id, secret, args.latency_ms)
     runner: Runner | None = None
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()
@@ -171,13 +174,18 @@ def _bench(args: argparse.Namespace, sizes: Sizes, repeat: int, workdir: Path,
     return 130 if interrupted else 0
 
 
-def _start_server(kind: str, workdir: Path, key_id: str, secret: str) -> Server:
+def _start_server(kind: str, workdir: Path, key_id: str, secret: str,
+                  latency_ms: int) -> Server:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "COS_"))}
     env.update(COS_SECRET_ID=key_id, COS_SECRET_KEY=secret)
     log = workdir / f"server-{kind}.log"
+    if latency_ms < 0:
+        raise SystemExit("bench: --latency-ms must be >= 0")
     if kind == "moto":
+        if latency_ms:
+            raise SystemExit("bench: --latency-ms needs --server cosfs")
         return MotoServer.start(BUCKET, env, log)
-    return CosServer.start(workdir / "server", BUCKET, env, log)
+    return CosServer.start(workdir / "server", BUCKET, env, log, latency_ms)
 
 
 def _git_revision() -> str:
@@ -197,6 +205,7 @@ def _document(args: argparse.Namespace, sizes: Sizes, repeat: int, server: Serve
         "cosfs_revision": _git_revision(),
         "machine": machine_info(),
         "server": server.name,
+        "latency_ms": args.latency_ms,
         "mounts": args.mounts,
         "workloads": [w.name for w in workloads],
         "repeat": repeat,
@@ -215,6 +224,11 @@ def _document(args: argparse.Namespace, sizes: Sizes, repeat: int, server: Serve
     }
 
 
+def _server_text(doc: dict) -> str:
+    latency = doc.get("latency_ms") or 0
+    return f"{doc['server']}-server" + (f" (+{latency:g} ms per request)" if latency else "")
+
+
 def _output(args: argparse.Namespace, doc: dict, results: list[RunResult],
             metrics: list[Metric], write_json: bool = True) -> None:
     """Table to stdout; JSON, chart (and Markdown) next to it under --out."""
@@ -225,12 +239,12 @@ def _output(args: argparse.Namespace, doc: dict, results: list[RunResult],
     if write_json:
         report.write_json(base.with_suffix(".json"), doc)
     if args.markdown:
-        heading = (f"{doc['server']}-server, {doc['sizes']['size_mb']} MiB file, median "
+        heading = (f"{_server_text(doc)}, {doc['sizes']['size_mb']} MiB file, median "
                    f"of {doc['repeat']} runs, {doc['started']}, cosfs {doc['cosfs_revision']}")
         args.markdown.write_text(report.markdown(meds, metrics, kinds, targets,
                                                  doc["machine"], heading))
     m = doc["machine"]
-    title = (f"cosfs vs s3fs-fuse vs rclone mount on {doc['server']}-server, "
+    title = (f"cosfs vs s3fs-fuse vs rclone mount on {_server_text(doc)}, "
              f"{doc['sizes']['size_mb']} MiB file, median of {doc['repeat']} "
              f"({m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, "
              f"Linux {m['kernel']})")

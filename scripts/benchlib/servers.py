@@ -43,11 +43,12 @@ class CosServer(Server):
     native_cos = True
 
     @classmethod
-    def start(cls, root: Path, bucket: str, env: dict[str, str], log_path: Path) -> CosServer:
+    def start(cls, root: Path, bucket: str, env: dict[str, str], log_path: Path,
+              latency_ms: int = 0) -> CosServer:
         root.mkdir(parents=True, exist_ok=True)
         # stdout carries the "listening on" line; the log gets stderr.
         cmd = [sys.executable, "-m", "cosfs.server", "--root", str(root), "--port", "0",
-               "--bucket", bucket]
+               "--bucket", bucket, "--latency-ms", str(latency_ms)]
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
