@@ -405,7 +405,7 @@ class StagedFile:
                     content_type: str | None = None) -> ObjectInfo | None:
         """Upload if dirty; the new object's info, or None when nothing was sent
         (clean, discarded, or handed to the background in write-back mode)."""
-        self._remember(metadata, content_type)
+        self.remember(metadata, content_type)
         self._raise_background_error()
         if self._t.writeback:
             if self.dirty:
@@ -420,7 +420,7 @@ class StagedFile:
     async def fsync(self, metadata: dict[str, str] | None = None,
                     content_type: str | None = None) -> ObjectInfo | None:
         """Barrier: returns once every byte staged so far is on the server."""
-        self._remember(metadata, content_type)
+        self.remember(metadata, content_type)
         await self.wait_background()
         self._raise_background_error()
         return await self._upload()
@@ -463,10 +463,6 @@ class StagedFile:
         self._wb_holds -= 1
         self._wb_wake.set()
 
-    def remember(self, metadata: dict[str, str], content_type: str | None) -> None:
-        """The metadata the next upload carries (journaled with the staged file)."""
-        self._remember(metadata, content_type)
-
     def discard(self) -> None:
         """The file was unlinked: never upload it; forget it at the last release."""
         self._discarded = True
@@ -475,7 +471,8 @@ class StagedFile:
             self._cache.journal.remove_file(self._record.id)  # type: ignore[arg-type]
             self._record = None
 
-    def _remember(self, metadata: dict[str, str] | None, content_type: str | None) -> None:
+    def remember(self, metadata: dict[str, str] | None, content_type: str | None) -> None:
+        """The metadata the next upload carries (journaled with the staged file)."""
         if metadata is not None:
             self.metadata = dict(metadata)
         if content_type is not None:

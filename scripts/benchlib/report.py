@@ -170,6 +170,10 @@ def table(m: Medians, metrics: list[Metric], kinds: list[str],
     return "\n".join(lines)
 
 
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def markdown(m: Medians, metrics: list[Metric], kinds: list[str], targets: list[dict],
              machine: dict, heading: str) -> str:
     """The table and the targets as Markdown, for docs/TUNING.md."""
@@ -177,8 +181,7 @@ def markdown(m: Medians, metrics: list[Metric], kinds: list[str], targets: list[
     out = [heading, "", f"Machine: {machine['cpu_model']}, {machine['cores']} cores, "
            f"{machine['memory_gib']} GiB memory, Linux {machine['kernel']}; "
            f"{machine['s3fs']}; {machine['rclone']}.", "",
-           "| metric | unit | " + " | ".join(kinds) + " | "
-           + " | ".join(f"cosfs/{p}" for p in peers) + " |",
+           _md_row(["metric", "unit", *kinds, *[f"cosfs/{p}" for p in peers]]),
            "|---|---|" + "---:|" * (len(kinds) + len(peers))]
     for metric in metrics:
         row = m.get(metric.key, {})
@@ -190,8 +193,7 @@ def markdown(m: Medians, metrics: list[Metric], kinds: list[str], targets: list[
         else:
             cells = [_fmt(row.get(k)) for k in kinds]
             ratios = [_ratio(row, p) for p in peers]
-        out.append(f"| {metric.label.strip()} | {metric.unit} | " + " | ".join(cells)
-                   + " | " + " | ".join(ratios) + " |")
+        out.append(_md_row([metric.label.strip(), metric.unit, *cells, *ratios]))
     out += ["", "| target (cosfs) | value | basis | result |", "|---|---:|---|---|"]
     for t in targets:
         value = "-" if t["value"] is None else f"{t['value']:.2f}"
