@@ -524,9 +524,16 @@ class Operations(pyfuse3.Operations):
         try:
             held.staged += await self._hold_below(top)
             for staged_ino in self._staged_below(top):
+                node = self.ns.inodes[staged_ino]
+                if node not in held.staged:
+                    # Held staged until the operation ends: the RELEASE of a
+                    # close() that returned just before may arrive meanwhile, and
+                    # the file must still be staged when the unlink discards it or
+                    # the rename gives it its new key.
+                    await self._stage(node)
+                    held.staged.append(node)
                 f = self.staged[staged_ino][0]
-                node = self.ns.inodes.get(staged_ino)
-                retarget = node is not None and not node.attr.etag
+                retarget = not node.attr.etag
                 if (retarget or not moving) and f.hold_writeback():
                     held.paused.append(f)
                 else:
@@ -577,11 +584,20 @@ class Operations(pyfuse3.Operations):
                       new: str, flags: int) -> None:
         moved: dict[int, str] = {}  # open inode -> its key before the rename
 
-        async def flush_first(src: Inode) -> None:
-            paused = {id(f) for f in held.paused}
+        async def flush_first(src: Inode, dst: Inode | None) -> None:
+            # A file with no object yet moves along unsent, to be uploaded once
+            # under its new name; but one that replaces an object goes up first
+            # and is copied over it, or the name would keep the old object while
+            # the namespace knew of none (an unlink would then leave it there).
+            replaces = dst is not None and bool(dst.attr.etag) and not src.is_dir()
             for ino in self._staged_below(src):
-                if id(self.staged[ino][0]) not in paused:  # moves along unsent
-                    await self._flush_inode(self.ns.inodes[ino], sync=True)
+                f = self.staged[ino][0]
+                if f in held.paused:
+                    if not replaces:
+                        continue
+                    held.paused.remove(f)
+                    f.release_writeback()
+                await self._flush_inode(self.ns.inodes[ino], sync=True)
             for node in self._open_below(src):
                 moved[node.ino] = self.ns.key_of(node)
 

@@ -1117,7 +1117,8 @@ class Namespace:
         Files: server-side copy then delete (multipart copy above 5 GB). Directories:
         every key below is copied (in parallel) before any is deleted (in batches),
         so a crash midway leaves both trees, never neither. ``before_copy`` (an async
-        callable taking the inode) lets the caller upload staged data first.
+        callable taking the moved and the replaced inode) lets the caller upload
+        staged data first.
         """
         async with self.rename_lock:
             src_parent = self.get(old_parent)
@@ -1143,7 +1144,7 @@ class Namespace:
             new_key = names.child_key(self.key_of(dst_parent), new_name)
             names.check_key(new_key, directory=src.is_dir())
             if before_copy is not None:
-                await before_copy(src)  # type: ignore[operator]
+                await before_copy(src, dst)  # type: ignore[operator]
             if dst is not None:
                 await self._settle(dst.ino)
                 self._drop_pending(dst.ino)  # its object is replaced

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import stat
 import time
 from collections.abc import Iterator
@@ -575,7 +576,8 @@ def _run_machine(env: Env, max_examples: int, steps: int) -> None:
 
 def _model_env(cos_server, tmp_path_factory, options: list[str],
                settle: float) -> Iterator[Env]:
-    name = f"model-{'-'.join(options[1:]) or 'x'}-{os.getpid()}-{APPID}"
+    label = re.sub(r"[^a-z0-9]+", "-", "-".join(options[1:])) or "x"
+    name = f"model-{label}-{os.getpid()}-{APPID}"
     cos_server.create_bucket(name)
     base = tmp_path_factory.mktemp("model")
     mp = base / "mnt"
@@ -597,6 +599,13 @@ def model_env(cos_server, tmp_path_factory) -> Iterator[Env]:
 def writeback_env(cos_server, tmp_path_factory) -> Iterator[Env]:
     yield from _model_env(cos_server, tmp_path_factory, ["multipart_size=1", "writeback"],
                           10.0)
+
+
+@pytest.fixture(scope="module")
+def quick_writeback_env(cos_server, tmp_path_factory) -> Iterator[Env]:
+    """Write-back uploads that start while the next operations on the file run."""
+    yield from _model_env(cos_server, tmp_path_factory,
+                          ["multipart_size=1", "writeback", "writeback_delay=0.05"], 10.0)
 
 
 def test_model_small(model_env: Env) -> None:
@@ -837,6 +846,13 @@ def test_concurrent_workers_short(model_env: Env) -> None:
 
 def test_concurrent_workers_writeback(writeback_env: Env) -> None:
     run_workers(writeback_env, workers=16, seconds=8)
+
+
+def test_concurrent_workers_writeback_quick(quick_writeback_env: Env) -> None:
+    # Unlinks and renames racing the RELEASE of the close() before them, and
+    # renames of unsent files over uploaded ones, used to bring deleted files back
+    # after a remount, or lose renamed ones.
+    run_workers(quick_writeback_env, workers=12, seconds=6)
 
 
 @pytest.mark.slow

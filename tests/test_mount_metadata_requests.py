@@ -228,6 +228,27 @@ def test_writeback_rename_within_the_delay_survives_a_crash(mounter, client):
     assert [o.key for page in client.iter_list() for o in page.contents] == ["d/", "d/f"]
 
 
+def test_writeback_rename_over_an_object_within_the_delay(mounter, client):
+    """A file not sent yet, renamed over one that has an object, goes up first and
+    is copied over it: the name must not keep the old object while the mount
+    thinks it has none (an unlink of the name then left the old object behind,
+    and it came back at the next mount)."""
+    m = mounter(["writeback", "writeback_delay=600"])
+    (m.path / "f").write_bytes(b"old")
+    os.fsync(fd := os.open(m.path / "f", os.O_RDONLY))
+    os.close(fd)
+    assert client.get_object("f") == b"old"
+    (m.path / ".f.tmp").write_bytes(b"new")
+    os.rename(m.path / ".f.tmp", m.path / "f")
+    assert client.get_object("f") == b"new"  # not the old object, even for a moment
+    assert (m.path / "f").read_bytes() == b"new"
+    os.unlink(m.path / "f")
+    assert m.unmount() == 0
+    assert [o.key for page in client.iter_list() for o in page.contents] == []
+    m.start()
+    assert os.listdir(m.path) == []
+
+
 def test_a_renamed_files_old_key_is_deleted_in_the_background_and_fenced(
         mounter, client, cos_server):
     """rename() returns once the copy is made; the DELETE of the old key runs on,
