@@ -755,14 +755,13 @@ class Operations(pyfuse3.Operations):
             writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
             if writing:
                 self._writable()
+            old_ino = node.ino
             redirected = not self.ns.linked(node) and node.ino not in self.staged
             if redirected:
-                old_ino = node.ino
                 node = self._open_what_replaced(node, bool(writing))
-                # The kernel would read up to the size it cached for the old inode.
-                with contextlib.suppress(OSError):  # e.g. ENOENT: the kernel forgot it
-                    await trio.to_thread.run_sync(pyfuse3.invalidate_inode, old_ino, True)
             append_only = (flags & os.O_ACCMODE) == os.O_WRONLY and bool(flags & os.O_APPEND)
+            # No await before this: the file a redirect found may be only in the
+            # cache, and a rename over it discards that unless a handle stages it.
             handle = await self._open_handle(node, bool(writing), bool(flags & os.O_TRUNC),
                                              append_only)
         except BaseException:
@@ -774,7 +773,12 @@ class Operations(pyfuse3.Operations):
         keep = bool(node.attr.etag) and node.last_open_etag == node.attr.etag \
             and not redirected
         node.last_open_etag = node.attr.etag
-        return pyfuse3.FileInfo(fh=self._new_fh(handle), keep_cache=keep)
+        fh = self._new_fh(handle)
+        if redirected:
+            # The kernel would read up to the size it cached for the old inode.
+            with contextlib.suppress(OSError):  # e.g. ENOENT: the kernel forgot it
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, old_ino, True)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     def _open_what_replaced(self, node: Inode, writing: bool) -> Inode:
         """``node`` was unlinked or renamed over between the kernel's lookup and this
@@ -782,11 +786,14 @@ class Operations(pyfuse3.Operations):
         the file now under the name (``node`` takes its attributes, which the kernel
         asks for when reading past the old size); writers get ESTALE, which makes
         the kernel look the name up again, so two inodes never stage one key.
+        A file that is only in the cache (write-back, not uploaded yet) is read
+        from there: ESTALE would make the kernel retry just once, and the name is
+        often replaced again by then when programs keep renaming files over it.
         Returns the inode the handle is for, counted open in place of ``node``."""
         cur = self.ns.child(node.parent, node.name)
         if cur is None:
             raise OSError(errno.ENOENT, "removed while being opened")
-        if writing or cur.is_dir() or cur.local or not cur.attr.etag \
+        if writing or cur.is_dir() or not (cur.local or cur.attr.etag) \
                 or stat.S_IFMT(cur.attr.mode) != stat.S_IFMT(node.attr.mode):
             raise OSError(errno.ESTALE, "replaced while being opened")
         node.attr = replace(cur.attr)
