@@ -503,7 +503,7 @@ class Operations(pyfuse3.Operations):
         return node
 
     async def _hold_unsent(self, parent_inode: int, name: str, *,
-                           moving: bool = False) -> _Held:
+                           moving: bool = False, onto_object: bool = False) -> _Held:
         """Stage the files at or below ``name`` whose data waits in the cache because
         their last upload failed or runs in the background (no handle holds them).
         Staged, they take part in what follows: an unlink discards their data, a
@@ -514,9 +514,10 @@ class Operations(pyfuse3.Operations):
         A write-back upload that has not started is held instead of waited for:
         an unlink (or a rename over the file) drops it, and a rename (``moving``)
         of a file with no object yet gives it the new key, so it is sent once,
-        under its final name. Any other one in flight would land after what
-        follows (the DELETE of an unlink, the copy of a rename) and undo it: it
-        finishes first."""
+        under its final name, unless the file is renamed onto a name that has an
+        object (``onto_object``): then it goes up first, to be copied over that
+        object. Any other one in flight would land after what follows (the DELETE
+        of an unlink, the copy of a rename) and undo it: it finishes first."""
         held = _Held([], [])
         top = self.ns.child(parent_inode, name)
         if top is None:
@@ -533,7 +534,7 @@ class Operations(pyfuse3.Operations):
                     await self._stage(node)
                     held.staged.append(node)
                 f = self.staged[staged_ino][0]
-                retarget = not node.attr.etag
+                retarget = not node.attr.etag and not (onto_object and node is top)
                 if (retarget or not moving) and f.hold_writeback():
                     held.paused.append(f)
                 else:
@@ -589,6 +590,9 @@ class Operations(pyfuse3.Operations):
             # under its new name; but one that replaces an object goes up first
             # and is copied over it, or the name would keep the old object while
             # the namespace knew of none (an unlink would then leave it there).
+            # Decided before the rename where the target was known (its upload
+            # is then awaited outside the namespace's rename lock); here for a
+            # target learnt of only now.
             replaces = dst is not None and bool(dst.attr.etag) and not src.is_dir()
             for ino in self._staged_below(src):
                 f = self.staged[ino][0]
@@ -601,7 +605,10 @@ class Operations(pyfuse3.Operations):
             for node in self._open_below(src):
                 moved[node.ino] = self.ns.key_of(node)
 
-        held = await self._hold_unsent(parent_inode_old, old, moving=True)
+        target = self.ns.child(parent_inode_new, new)
+        held = await self._hold_unsent(parent_inode_old, old, moving=True,
+                                       onto_object=target is not None
+                                       and bool(target.attr.etag))
         try:
             held += await self._hold_unsent(parent_inode_new, new)
             # A file renamed over stays readable through its open handles, like an

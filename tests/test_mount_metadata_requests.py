@@ -249,6 +249,24 @@ def test_writeback_rename_over_an_object_within_the_delay(mounter, client):
     assert os.listdir(m.path) == []
 
 
+def test_writeback_rename_over_a_file_whose_upload_is_running(mounter, client, cos_server):
+    """The target's object appears only while the rename waits for its running
+    upload: the file renamed onto it goes up then, and is copied over it."""
+    m = mounter(["writeback", "writeback_delay=0.2"])
+    cos_server.set_faults("PutObject", latency_ms=3000)
+    try:
+        (m.path / "f").write_bytes(b"old")
+        time.sleep(1)  # f's upload has started; the server answers it late
+        (m.path / ".f.tmp").write_bytes(b"new")
+        os.rename(m.path / ".f.tmp", m.path / "f")
+    finally:
+        cos_server.clear_faults()
+    assert client.get_object("f") == b"new"
+    os.unlink(m.path / "f")
+    assert m.unmount() == 0
+    assert [o.key for page in client.iter_list() for o in page.contents] == []
+
+
 def test_a_renamed_files_old_key_is_deleted_in_the_background_and_fenced(
         mounter, client, cos_server):
     """rename() returns once the copy is made; the DELETE of the old key runs on,
