@@ -63,6 +63,11 @@ def _log_oserror(op: str, exc: OSError, read_only_mount: bool) -> None:
     log.info("%s: %s", op, exc)
 
 
+def _has_object(node: Inode | None) -> bool:
+    """Whether the server holds an object for ``node``, as far as the mount knows."""
+    return node is not None and bool(node.attr.etag)
+
+
 def fuse_op(fn: F) -> F:
     """Run a handler, turning every failure into a FUSEError with the right errno."""
 
@@ -593,7 +598,7 @@ class Operations(pyfuse3.Operations):
             # Decided before the rename where the target was known (its upload
             # is then awaited outside the namespace's rename lock); here for a
             # target learnt of only now.
-            replaces = dst is not None and bool(dst.attr.etag) and not src.is_dir()
+            replaces = _has_object(dst) and not src.is_dir()
             for ino in self._staged_below(src):
                 f = self.staged[ino][0]
                 if f in held.paused:
@@ -605,10 +610,9 @@ class Operations(pyfuse3.Operations):
             for node in self._open_below(src):
                 moved[node.ino] = self.ns.key_of(node)
 
-        target = self.ns.child(parent_inode_new, new)
-        held = await self._hold_unsent(parent_inode_old, old, moving=True,
-                                       onto_object=target is not None
-                                       and bool(target.attr.etag))
+        held = await self._hold_unsent(
+            parent_inode_old, old, moving=True,
+            onto_object=_has_object(self.ns.child(parent_inode_new, new)))
         try:
             held += await self._hold_unsent(parent_inode_new, new)
             # A file renamed over stays readable through its open handles, like an
