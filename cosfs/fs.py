@@ -529,9 +529,10 @@ class Operations(pyfuse3.Operations):
             return held
         try:
             held.staged += await self._hold_below(top)
+            staged_here = {node.ino for node in held.staged}
             for staged_ino in self._staged_below(top):
                 node = self.ns.inodes[staged_ino]
-                if node not in held.staged:
+                if staged_ino not in staged_here:
                     # Held staged until the operation ends: the RELEASE of a
                     # close() that returned just before may arrive meanwhile, and
                     # the file must still be staged when the unlink discards it or
