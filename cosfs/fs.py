@@ -98,6 +98,11 @@ class Handle:
     inode: Inode
     staged: Any = None  # cosfs.writer.StagedFile while the inode is staged
     reader: Any = None  # cosfs.reader.ObjectReader for read-only handles
+    # Opened for writing (or created): only such a handle's flush and release
+    # upload. A reader of a staged file (one only in the cache, or kept for it)
+    # has nothing to send, and must not restart a write-back delay or be told
+    # of a failed upload that was not its own.
+    writing: bool = False
 
 
 @dataclass
@@ -741,7 +746,7 @@ class Operations(pyfuse3.Operations):
             self._abandon_new(parent_inode, text, inode)
             raise
         inode.lookups += 1
-        fh = self._new_fh(Handle(inode, staged=f))
+        fh = self._new_fh(Handle(inode, staged=f, writing=True))
         return pyfuse3.FileInfo(fh=fh), self.entry(inode)
 
     def _abandon_new(self, parent_inode: int, name: str, inode: Inode) -> None:
@@ -788,7 +793,10 @@ class Operations(pyfuse3.Operations):
         fh = self._new_fh(handle)
         if redirected:
             # The kernel would read up to the size it cached for the old inode.
-            with contextlib.suppress(OSError):  # e.g. ENOENT: the kernel forgot it
+            # Shielded: the handle is registered, and a cancellation (only at
+            # shutdown) would leave it counted open with no fh the kernel releases.
+            with trio.CancelScope(shield=True), \
+                    contextlib.suppress(OSError):  # e.g. ENOENT: the kernel forgot it
                 await trio.to_thread.run_sync(pyfuse3.invalidate_inode, old_ino, True)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
@@ -824,7 +832,7 @@ class Operations(pyfuse3.Operations):
             if truncate:
                 node.attr.size = 0
                 node.attr.mtime_ns = time.time_ns()
-            return Handle(node, staged=f)
+            return Handle(node, staged=f, writing=writing)
         reader = self.data.open_reader(self.ns.key_of(node), node.attr.size, node.attr.etag)
         return Handle(node, reader=reader)
 
@@ -871,7 +879,7 @@ class Operations(pyfuse3.Operations):
     @fuse_op
     async def flush(self, fh: int) -> None:
         h = self._handle(fh)
-        if h.staged is not None:
+        if h.staged is not None and h.writing:
             await self._flush_inode(h.inode)
             # A deferred chmod/utime goes up with the data (or alone if there was
             # none to send). Read-only handles leave it waiting: rsync opens the
@@ -894,7 +902,8 @@ class Operations(pyfuse3.Operations):
         try:
             if h.staged is not None:
                 try:
-                    await self._flush_inode(node)
+                    if h.writing:
+                        await self._flush_inode(node)
                 finally:
                     await self._unstage(node)
             elif h.reader is not None:

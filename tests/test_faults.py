@@ -652,6 +652,22 @@ def test_unsent_file_stays_listed_and_unlink_discards_it(mounter, cos_server, cl
     assert os.listdir(m.path) == [] and keys(client) == []
 
 
+def test_reading_an_unsent_file_leaves_its_upload_alone(mounter, cos_server, client) -> None:
+    """A reader of a file whose upload failed reads it from the cache, and its close()
+    has nothing of its own to send: it neither retries that upload nor reports its
+    failure. The data waits for the next mount (or a writer's close or fsync)."""
+    m = mounter(["retries=0"])
+    fail_upload(m, cos_server, "x", b"unsent")
+    cos_server.set_faults("PutObject", error_rate=1.0)
+    try:
+        assert (m.path / "x").read_bytes() == b"unsent"  # the close raised EIO before
+    finally:
+        cos_server.clear_faults()
+    assert keys(client) == []
+    m.remount()
+    assert client.get_object("x") == b"unsent"
+
+
 def test_rename_of_an_unsent_file_moves_its_data(mounter, cos_server, client) -> None:
     """Renaming a file (or its directory) whose upload failed uploads it under the
     new name; a file renamed over one with unsent data replaces that data."""
