@@ -177,6 +177,23 @@ def test_sqlite_database_and_mmap_work(mounter, client) -> None:
     assert client.get_object("mapped.bin")[1000:1005] == b"mmap!"
 
 
+def test_a_reader_of_a_file_being_written_never_uploads_it(mounter, client) -> None:
+    """Another program reading a file while it is written (``cat``, ``tail``, a
+    backup) shares the staged bytes; its close must not send them: the object
+    would be the half-written file. Only the writer's close uploads."""
+    m = mounter()
+    client.put_object("f", b"old version")
+    fd = os.open(m.path / "f", os.O_WRONLY | os.O_TRUNC)
+    try:
+        os.write(fd, b"first half, ")
+        assert (m.path / "f").read_bytes() == b"first half, "
+        assert client.get_object("f") == b"old version"
+        os.write(fd, b"second half")
+    finally:
+        os.close(fd)
+    assert client.get_object("f") == b"first half, second half"
+
+
 def test_killed_mount_uploads_accepted_writes_on_remount(mounter, cos_server, client) -> None:
     m = mounter(["multipart_size=1"])
     data = random.randbytes(5 * MiB + 11)
