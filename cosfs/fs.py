@@ -98,10 +98,11 @@ class Handle:
     inode: Inode
     staged: Any = None  # cosfs.writer.StagedFile while the inode is staged
     reader: Any = None  # cosfs.reader.ObjectReader for read-only handles
-    # Opened for writing (or created): only such a handle's flush and release
-    # upload. A reader of a staged file (one only in the cache, or kept for it)
-    # has nothing to send, and must not restart a write-back delay or be told
-    # of a failed upload that was not its own.
+    # Opened for writing (or created; always staged): only such a handle's flush
+    # and release upload. A reader of a staged file (being written through another
+    # handle, only in the cache, or kept for it) has nothing to send: its close
+    # must not upload a half-written file, restart a write-back delay or report a
+    # failed upload that was not its own.
     writing: bool = False
 
 
@@ -879,7 +880,7 @@ class Operations(pyfuse3.Operations):
     @fuse_op
     async def flush(self, fh: int) -> None:
         h = self._handle(fh)
-        if h.staged is not None and h.writing:
+        if h.writing:
             await self._flush_inode(h.inode)
             # A deferred chmod/utime goes up with the data (or alone if there was
             # none to send). Read-only handles leave it waiting: rsync opens the
