@@ -123,6 +123,11 @@ def test_lookups_after_the_listing_expired_share_one_list(mounter, client, cos_s
     assert (m.path / "d" / "other").read_bytes() == b"o"
 
 
+def keys(client) -> list[str]:
+    """Every key in the bucket, in listing order (all pages)."""
+    return [o.key for page in client.iter_list() for o in page.contents]
+
+
 def head_meta(client, key: str) -> dict[str, str]:
     return client.head_object(key).metadata
 
@@ -221,11 +226,11 @@ def test_writeback_rename_within_the_delay_survives_a_crash(mounter, client):
     os.chmod(tmp, 0o640)
     os.rename(tmp, m.path / "d" / "f")
     m.kill()  # nothing of f was sent yet
-    assert [o.key for page in client.iter_list() for o in page.contents] == ["d/"]
+    assert keys(client) == ["d/"]
     m.start()  # recovery uploads it, under the name it had when the mount died
     assert client.get_object("d/f") == b"data" * 1000
     assert int(head_meta(client, "d/f")["mode"]) == stat.S_IFREG | 0o640
-    assert [o.key for page in client.iter_list() for o in page.contents] == ["d/", "d/f"]
+    assert keys(client) == ["d/", "d/f"]
 
 
 def test_writeback_rename_over_an_object_within_the_delay(mounter, client):
@@ -244,7 +249,7 @@ def test_writeback_rename_over_an_object_within_the_delay(mounter, client):
     assert (m.path / "f").read_bytes() == b"new"
     os.unlink(m.path / "f")
     assert m.unmount() == 0
-    assert [o.key for page in client.iter_list() for o in page.contents] == []
+    assert keys(client) == []
     m.start()
     assert os.listdir(m.path) == []
 
@@ -264,7 +269,7 @@ def test_writeback_rename_over_a_file_whose_upload_is_running(mounter, client, c
     assert client.get_object("f") == b"new"
     os.unlink(m.path / "f")
     assert m.unmount() == 0
-    assert [o.key for page in client.iter_list() for o in page.contents] == []
+    assert keys(client) == []
 
 
 def test_a_renamed_files_old_key_is_deleted_in_the_background_and_fenced(
