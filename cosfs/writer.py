@@ -181,11 +181,16 @@ class StagedFile:
         self._wb_wake = trio.Event()
         self._wb_sending = False
         self._error: OSError | None = None  # a background upload's failure, reported once
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        # A new staged file starts empty through O_TRUNC, never through an ftruncate
+        # to 0: on ext4 that marks the file to be written out when it is closed
+        # (auto_da_alloc), a disk write and a slow unlink for every small file.
+        # O_TRUNC does nothing to a file the open creates, and empties a leftover.
+        fresh = os.O_TRUNC if record is None else 0
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | fresh, 0o600)
         self._log = ExtentLog(cache.staging_dir / f"{name}.log")
         self._log_stale = False  # holds records of changes already uploaded
-        if record is None:
-            os.ftruncate(self._fd, self._map.size)
+        if record is None and self._map.size:
+            os.ftruncate(self._fd, self._map.size)  # sparse: the base's bytes come later
         self._account()
 
     # -- public state ----------------------------------------------------------------

@@ -5,6 +5,7 @@ handling, space limits, write-back and status."""
 from __future__ import annotations
 
 import errno
+import os
 import random
 
 import pytest
@@ -12,6 +13,7 @@ import trio
 from conftest import make_client
 from datapath_util import KiB, MiB, md5, op_stat, small_tuning, with_cache
 
+from cosfs import writer
 from cosfs.writer import WriteCache
 
 
@@ -326,6 +328,47 @@ def test_open_with_truncate_replaces_contents(cos_server, bucket, client, tmp_pa
 
     with_cache(cos_server, bucket, tmp_path / "c", body)
     assert client.get_object("o.txt") == b"new"
+
+
+def test_a_new_staged_file_is_never_truncated_to_zero(cos_server, bucket, client,
+                                                      tmp_path, monkeypatch) -> None:
+    """On ext4 an ftruncate to 0 makes the file be written out at close, so each
+    small file would cost a disk write and a slow unlink of its staging copy."""
+    real, emptied = os.ftruncate, []
+
+    def spy(fd: int, size: int) -> None:
+        if size == 0:
+            emptied.append(fd)
+        real(fd, size)
+
+    monkeypatch.setattr(os, "ftruncate", spy)
+
+    async def body(cache: WriteCache):
+        f = await cache.open(1, "small.txt", None)
+        await f.write(0, b"small")
+        await f.flush()
+        await cache.release(f)
+
+    with_cache(cos_server, bucket, tmp_path / "c", body)
+    assert emptied == []
+    assert client.get_object("small.txt") == b"small"
+
+
+def test_a_new_staged_file_does_not_inherit_a_leftover(cos_server, bucket, client,
+                                                        tmp_path, monkeypatch) -> None:
+    """A stray staging file under the new file's name is emptied: the hole before
+    a write past the end reads as zeros, not as the stray's bytes."""
+    monkeypatch.setattr(writer.secrets, "token_hex", lambda n: "0123456789abcdef")
+
+    async def body(cache: WriteCache):
+        (cache.staging_dir / "0123456789abcdef").write_bytes(b"stale bytes!" * 4)
+        f = await cache.open(1, "sparse.bin", None)
+        await f.write(10, b"x")
+        await f.flush()
+        await cache.release(f)
+
+    with_cache(cos_server, bucket, tmp_path / "c", body)
+    assert client.get_object("sparse.bin") == bytes(10) + b"x"
 
 
 def test_failed_multipart_is_aborted_and_old_object_survives(fresh_server, tmp_path) -> None:
