@@ -238,15 +238,23 @@ class ExtentLog:
     Not thread-safe: the owning staged file serialises calls under its lock.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fd: int | None = None) -> None:
+        """Open (create) the log at ``path``, or take ``fd``, an open empty log
+        there (a spare of the write cache)."""
         self.path = path
         self.records = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) \
+            if fd is None else fd
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        fd = self.detach()
+        if fd >= 0:
+            os.close(fd)
+
+    def detach(self) -> int:
+        """Give up the descriptor without closing it (-1 when already closed)."""
+        fd, self._fd = self._fd, -1
+        return fd
 
     def write(self, offset: int, length: int) -> None:
         self._append(_WRITE, offset, length)

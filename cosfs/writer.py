@@ -64,6 +64,10 @@ _FILL_CONCURRENCY = 4
 # describes) is rewritten in its shortest form, so a file written for days
 # without a flush keeps a small log.
 _LOG_COMPACT_AT = 1 << 16
+# Emptied staging files kept open for new ones (see Spare), two descriptors each.
+# Creating and closing files takes one each in turn; a burst of removals (rm -r)
+# keeps this many.
+_MAX_SPARES = 32
 # Staging-file I/O up to this size runs on the event loop: handing it to a worker
 # thread costs about 0.1 ms of CPU, a pwrite/pread of a few KiB to the page cache a
 # few microseconds. Larger I/O (1 MiB FUSE writes, fills) goes to a thread so the
@@ -121,6 +125,21 @@ class RecoveryReport:
         return bool(self.uploaded or self.preserved or self.aborted_uploads or self.failed)
 
 
+@dataclass(frozen=True)
+class Spare:
+    """An emptied staging file and its extent log, still open, kept by the cache
+    for the next new staged file. Creating files costs more than emptying them:
+    on ext4 without a journal a new inode skips every recently deleted one
+    (``recently_deleted``), so a mount that stages and drops thousands of small
+    files paid up to a millisecond per file here. A spare has no journal row: a
+    crash leaves it as a stray, swept at the next start."""
+
+    name: str
+    fd: int
+    log_fd: int
+    log_path: Path
+
+
 class StagedFile:
     """The staged copy of one inode's content, shared by all its open handles.
 
@@ -140,7 +159,8 @@ class StagedFile:
 
     def __init__(self, cache: WriteCache, ino: int, key: str, base: ObjectInfo | None,
                  name: str, *, append_only: bool = False,
-                 record: StagedRecord | None = None, dirty: DirtyMap | None = None) -> None:
+                 record: StagedRecord | None = None, dirty: DirtyMap | None = None,
+                 spare: Spare | None = None) -> None:
         self._cache = cache
         self._t = cache.tuning
         self.ino = ino
@@ -181,13 +201,19 @@ class StagedFile:
         self._wb_wake = trio.Event()
         self._wb_sending = False
         self._error: OSError | None = None  # a background upload's failure, reported once
-        # A new staged file starts empty through O_TRUNC, never through an ftruncate
-        # to 0: on ext4 that marks the file to be written out when it is closed
-        # (auto_da_alloc), a disk write and a slow unlink for every small file.
-        # O_TRUNC does nothing to a file the open creates, and empties a leftover.
-        fresh = os.O_TRUNC if record is None else 0
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | fresh, 0o600)
-        self._log = ExtentLog(cache.staging_dir / f"{name}.log")
+        if spare is not None:
+            assert record is None and spare.name == name
+            self._fd = spare.fd
+            self._log = ExtentLog(spare.log_path, fd=spare.log_fd)
+        else:
+            # A new staged file starts empty through O_TRUNC, never through an
+            # ftruncate to 0: on ext4 that marks the file to be written out when it
+            # is closed (auto_da_alloc), a disk write and a slow unlink for every
+            # small file. O_TRUNC does nothing to a file the open creates, and
+            # empties a leftover.
+            fresh = os.O_TRUNC if record is None else 0
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | fresh, 0o600)
+            self._log = ExtentLog(cache.staging_dir / f"{name}.log")
         self._log_stale = False  # holds records of changes already uploaded
         if record is None and self._map.size:
             os.ftruncate(self._fd, self._map.size)  # sparse: the base's bytes come later
@@ -862,21 +888,29 @@ class StagedFile:
 
     # -- teardown ---------------------------------------------------------------------
     def close(self, remove: bool) -> None:
-        """Close the staging file; ``remove`` deletes it (and its journal row)."""
+        """Close the staging file; ``remove`` deletes it (and its journal row), or
+        empties it and its log for a new staged file (:meth:`WriteCache.keep_spare`)."""
         if self._fd < 0:
             return
-        os.close(self._fd)
-        self._fd = -1
-        self._log.close()
+        if remove and self._record is not None:
+            # First: from here the files hold nothing recovery needs (strays).
+            self._cache.journal.remove_file(self._record.id)  # type: ignore[arg-type]
+            self._record = None
+        fd, self._fd = self._fd, -1
         self._cache.used -= self._disk
         self._disk = 0
-        if remove:
-            if self._record is not None:
-                self._cache.journal.remove_file(self._record.id)  # type: ignore[arg-type]
-                self._record = None
-            for path in (self.path, self._log.path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        if not remove:
+            os.close(fd)
+            self._log.close()
+            return
+        spare = Spare(self.name, fd, self._log.detach(), self._log.path)
+        if self._cache.keep_spare(spare):
+            return
+        os.close(spare.fd)
+        os.close(spare.log_fd)
+        for path in (self.path, spare.log_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 class WriteCache:
@@ -923,6 +957,7 @@ class WriteCache:
         self._open: dict[int, StagedFile] = {}
         self._background: dict[int, StagedFile] = {}
         self._idle: OrderedDict[int, StagedFile] = OrderedDict()
+        self._spares: list[Spare] = []  # emptied staging files, last in first out
 
     # -- staged files ------------------------------------------------------------------
     async def open(self, ino: int, key: str, base: ObjectInfo | None, truncate: bool = False,
@@ -934,8 +969,10 @@ class WriteCache:
         if f is None:
             f = self._reuse(ino, key, base)
             if f is None:
-                f = StagedFile(self, ino, key, base, secrets.token_hex(8),
-                               append_only=append_only)
+                spare = self._spares.pop() if self._spares else None
+                f = StagedFile(self, ino, key, base,
+                               spare.name if spare else secrets.token_hex(8),
+                               append_only=append_only, spare=spare)
                 if base is None:
                     try:
                         f._ensure_journaled()  # a new file must appear even if never written
@@ -1021,6 +1058,30 @@ class WriteCache:
             del self._idle[f.ino]
             f.close(remove=True)
 
+    def keep_spare(self, spare: Spare) -> bool:
+        """Empty the two files of a removed staged file and keep them open for a
+        new one. False when enough are kept or emptying failed: the caller closes
+        and deletes them (emptied first, so ext4 has nothing to write out at the
+        close of a file that was once a spare, truncated to 0)."""
+        try:
+            os.ftruncate(spare.fd, 0)
+            os.ftruncate(spare.log_fd, 0)
+        except OSError:
+            return False
+        if len(self._spares) >= _MAX_SPARES:
+            return False
+        self._spares.append(spare)
+        return True
+
+    def _drop_spares(self) -> None:
+        for spare in self._spares:
+            os.close(spare.fd)
+            os.close(spare.log_fd)
+            for path in (self.staging_dir / spare.name, spare.log_path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        self._spares.clear()
+
     def _files(self) -> list[StagedFile]:
         return [*self._open.values(), *self._background.values(), *self._idle.values()]
 
@@ -1080,6 +1141,10 @@ class WriteCache:
         self._open.clear()
         self._background.clear()
         self._idle.clear()
+        try:
+            self._drop_spares()
+        except OSError as exc:
+            log.error("cannot delete the spare staging files: %s", exc)
         self.journal.close()
         os.close(self._lock_fd)
 
@@ -1241,7 +1306,7 @@ class WriteCache:
     def _remove_strays(self) -> None:
         """Delete staging files no journal row or staged file refers to."""
         keep = {r.name for r in self.journal.files()}
-        keep |= {f.name for f in self._files()}
+        keep |= {f.name for f in self._files()} | {s.name for s in self._spares}
         for path in self.staging_dir.iterdir():
             if re.sub(r"\.log(\.new)?$", "", path.name) not in keep:
                 path.unlink()

@@ -330,28 +330,76 @@ def test_open_with_truncate_replaces_contents(cos_server, bucket, client, tmp_pa
     assert client.get_object("o.txt") == b"new"
 
 
-def test_a_new_staged_file_is_never_truncated_to_zero(cos_server, bucket, client,
-                                                      tmp_path, monkeypatch) -> None:
-    """On ext4 an ftruncate to 0 makes the file be written out at close, so each
-    small file would cost a disk write and a slow unlink of its staging copy."""
-    real, emptied = os.ftruncate, []
+def test_no_staging_file_is_closed_holding_data_written_after_an_emptying(
+        cos_server, bucket, client, tmp_path, monkeypatch) -> None:
+    """On ext4 a file truncated to size 0 is written out to disk when it is closed:
+    each small file would cost a disk write and a slow unlink. So a staging file
+    is created empty (O_TRUNC), and one emptied for reuse is emptied again before
+    it is closed."""
+    real = {name: getattr(os, name) for name in ("ftruncate", "pwrite", "write", "close")}
+    emptied: set[int] = set()  # descriptors truncated to 0 and written since
+    closed_full: list[int] = []
 
-    def spy(fd: int, size: int) -> None:
+    def ftruncate(fd: int, size: int) -> None:
+        real["ftruncate"](fd, size)
+        emptied.discard(fd)
         if size == 0:
-            emptied.append(fd)
-        real(fd, size)
+            emptied.add(-fd - 1)  # emptied, nothing written yet
 
-    monkeypatch.setattr(os, "ftruncate", spy)
+    def wrote(name: str):
+        def spy(fd: int, *args):
+            if -fd - 1 in emptied:
+                emptied.discard(-fd - 1)
+                emptied.add(fd)
+            return real[name](fd, *args)
+        return spy
+
+    def close(fd: int) -> None:
+        if fd in emptied:
+            closed_full.append(fd)
+        emptied.discard(fd)
+        emptied.discard(-fd - 1)
+        real["close"](fd)
+
+    monkeypatch.setattr(os, "ftruncate", ftruncate)
+    monkeypatch.setattr(os, "pwrite", wrote("pwrite"))
+    monkeypatch.setattr(os, "write", wrote("write"))
+    monkeypatch.setattr(os, "close", close)
 
     async def body(cache: WriteCache):
-        f = await cache.open(1, "small.txt", None)
-        await f.write(0, b"small")
-        await f.flush()
-        await cache.release(f)
+        # Two rounds of more files at once than the cache keeps as spares. The
+        # second round opens the spares first and releases them last, when no
+        # more are kept: they are deleted.
+        for ino in (1, 100):
+            files = [await cache.open(ino + i, f"small-{ino + i}", None) for i in range(40)]
+            for i, f in enumerate(files):
+                await f.write(0, b"small %d" % (ino + i))
+                await f.flush()
+            for f in reversed(files):
+                await cache.release(f)
 
-    with_cache(cos_server, bucket, tmp_path / "c", body)
-    assert emptied == []
-    assert client.get_object("small.txt") == b"small"
+    with_cache(cos_server, bucket, tmp_path / "c", body, small_tuning(max_idle_files=0))
+    assert closed_full == []
+    assert client.get_object("small-139") == b"small 139"
+
+
+def test_a_removed_staging_file_is_reused_empty(cos_server, bucket, client,
+                                                tmp_path) -> None:
+    """A new staged file takes the emptied files of one removed before it instead
+    of creating two: none of the old bytes show through its hole."""
+    names = []
+
+    async def body(cache: WriteCache):
+        for i, (offset, data) in enumerate([(0, b"old bytes " * 1000), (5, b"new")]):
+            f = await cache.open(i + 1, f"f{i}", None)
+            await f.write(offset, data)
+            await f.flush()
+            names.append(sorted(p.name for p in cache.staging_dir.iterdir()))
+            await cache.release(f)
+
+    with_cache(cos_server, bucket, tmp_path / "c", body, small_tuning(max_idle_files=0))
+    assert names[0] == names[1] and len(names[0]) == 2  # the same data file and log
+    assert client.get_object("f1") == bytes(5) + b"new"
 
 
 def test_a_new_staged_file_does_not_inherit_a_leftover(cos_server, bucket, client,
