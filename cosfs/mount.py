@@ -15,6 +15,7 @@ import logging
 import mimetypes
 import os
 import re
+import resource
 import shutil
 import signal
 import stat
@@ -287,8 +288,24 @@ def guess_content_type(key: str) -> str:
     return mimetypes.guess_type(key, strict=False)[0] or meta.DEFAULT_CONTENT_TYPE
 
 
+def raise_open_files_limit() -> None:
+    """Lift the soft limit of open files to the hard one. Each staged file holds
+    two descriptors and up to 256 closed ones are kept for reuse, so the usual
+    soft limit of 1,024 would let an application write only a few hundred files
+    at once through the mount."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError) as exc:
+        log.debug("open-files limit stays %d: %s", soft, exc)
+
+
 async def serve(p: Prepared, ready: Callable[[], None]) -> None:
     """Mount, call ``ready()``, serve until unmounted, then finish pending uploads."""
+    raise_open_files_limit()
     client = CosClient(p.config)
     aclient = AsyncClient(client, p.config.pool_size)
     ns = Namespace(aclient, p.root_key, p.defaults, p.meta_tuning)

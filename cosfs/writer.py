@@ -213,7 +213,11 @@ class StagedFile:
             # empties a leftover.
             fresh = os.O_TRUNC if record is None else 0
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | fresh, 0o600)
-            self._log = ExtentLog(cache.staging_dir / f"{name}.log")
+            try:
+                self._log = ExtentLog(cache.staging_dir / f"{name}.log")
+            except BaseException:
+                os.close(self._fd)  # e.g. EMFILE: no descriptor left behind
+                raise
         self._log_stale = False  # holds records of changes already uploaded
         if record is None and self._map.size:
             os.ftruncate(self._fd, self._map.size)  # sparse: the base's bytes come later
@@ -969,10 +973,7 @@ class WriteCache:
         if f is None:
             f = self._reuse(ino, key, base)
             if f is None:
-                spare = self._spares.pop() if self._spares else None
-                f = StagedFile(self, ino, key, base,
-                               spare.name if spare else secrets.token_hex(8),
-                               append_only=append_only, spare=spare)
+                f = self._new_staged(ino, key, base, append_only)
                 if base is None:
                     try:
                         f._ensure_journaled()  # a new file must appear even if never written
@@ -984,6 +985,29 @@ class WriteCache:
         if truncate:
             await f.truncate(0)
         return f
+
+    def _new_staged(self, ino: int, key: str, base: ObjectInfo | None,
+                    append_only: bool) -> StagedFile:
+        """A new StagedFile, on a spare when there is one. Out of descriptors
+        (EMFILE), the idle copies and the spares, two descriptors each, are closed
+        and it tries once more: the application's files come first."""
+        if self._spares:
+            spare = self._spares.pop()
+            return StagedFile(self, ino, key, base, spare.name, append_only=append_only,
+                              spare=spare)
+        try:
+            return StagedFile(self, ino, key, base, secrets.token_hex(8),
+                              append_only=append_only)
+        except OSError as exc:
+            if exc.errno != errno.EMFILE:
+                raise
+            log.warning("out of file descriptors (%s staged files open): closing the idle "
+                        "staged copies; raise the mount's open-files limit (ulimit -n, "
+                        "LimitNOFILE)", len(self._open))
+            self._trim_idle(0)
+            self._drop_spares()
+            return StagedFile(self, ino, key, base, secrets.token_hex(8),
+                              append_only=append_only)
 
     def _reuse(self, ino: int, key: str, base: ObjectInfo | None) -> StagedFile | None:
         f = self._background.pop(ino, None)

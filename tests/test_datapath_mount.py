@@ -7,6 +7,7 @@ from __future__ import annotations
 import mmap
 import os
 import random
+import resource
 import sqlite3
 import threading
 import time
@@ -192,6 +193,42 @@ def test_a_reader_of_a_file_being_written_never_uploads_it(mounter, client) -> N
     finally:
         os.close(fd)
     assert client.get_object("f") == b"first half, second half"
+
+
+def _nofile(pid: int) -> tuple[int, int]:
+    return resource.prlimit(pid, resource.RLIMIT_NOFILE)
+
+
+def test_the_mount_lifts_its_open_files_limit(mounter, monkeypatch) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 4096:
+        pytest.skip(f"the hard open-files limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))  # inherited by the mount
+    try:
+        m = mounter()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _nofile(m.proc.pid) == (hard, hard)
+
+
+def test_out_of_descriptors_the_mount_gives_up_its_idle_copies(mounter, client) -> None:
+    """A mount held to 1,024 descriptors by its hard limit: after 300 files were
+    written and closed (their staged copies kept, two descriptors each), 350 more
+    can still be written at once."""
+    m = mounter()
+    resource.prlimit(m.proc.pid, resource.RLIMIT_NOFILE, (1024, 1024))
+    (m.path / "d").mkdir()
+    for batch, count in (("a", 300), ("b", 350)):
+        fds = [os.open(m.path / "d" / f"{batch}{i}", os.O_WRONLY | os.O_CREAT, 0o644)
+               for i in range(count)]
+        try:
+            for i, fd in enumerate(fds):
+                os.write(fd, b"%s%d" % (batch.encode(), i))
+        finally:
+            for fd in fds:
+                os.close(fd)
+    assert client.get_object("d/b349") == b"b349"
+    assert "out of file descriptors" in m.log()
 
 
 def test_killed_mount_uploads_accepted_writes_on_remount(mounter, cos_server, client) -> None:
