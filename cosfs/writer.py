@@ -130,8 +130,8 @@ class Spare:
     """An emptied staging file and its extent log, still open, kept by the cache
     for the next new staged file. Creating files costs more than emptying them:
     on ext4 without a journal a new inode skips every recently deleted one
-    (``recently_deleted``), so a mount that stages and drops thousands of small
-    files paid up to a millisecond per file here. A spare has no journal row: a
+    (``recently_deleted``), so a mount staging and dropping thousands of small
+    files paid up to a millisecond per create. A spare has no journal row: a
     crash leaves it as a stray, swept at the next start."""
 
     name: str
