@@ -908,7 +908,11 @@ class StagedFile:
             self._log.close()
             return
         spare = Spare(self.name, fd, self._log.detach(), self._log.path)
-        if self._cache.keep_spare(spare):
+        # Never reused while anything may still read it: a part or an upload in
+        # flight would send another file's bytes (it is never closed so, but a
+        # closed descriptor fails loudly, a reused one would not).
+        in_use = self.busy or self._upload_lock.locked() or self._lock.locked()
+        if not in_use and self._cache.keep_spare(spare):
             return
         os.close(spare.fd)
         os.close(spare.log_fd)
