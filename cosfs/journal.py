@@ -243,8 +243,9 @@ class ExtentLog:
         there (a spare of the write cache)."""
         self.path = path
         self.records = 0
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600) \
-            if fd is None else fd
+        if fd is None:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._fd = fd
 
     def close(self) -> None:
         fd = self.detach()

@@ -134,10 +134,22 @@ class Spare:
     files paid up to a millisecond per create. A spare has no journal row: a
     crash leaves it as a stray, swept at the next start."""
 
-    name: str
+    path: Path
     fd: int
-    log_fd: int
     log_path: Path
+    log_fd: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def delete(self) -> None:
+        """Close both descriptors and delete both files."""
+        os.close(self.fd)
+        os.close(self.log_fd)
+        for path in (self.path, self.log_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 class StagedFile:
@@ -907,18 +919,13 @@ class StagedFile:
             os.close(fd)
             self._log.close()
             return
-        spare = Spare(self.name, fd, self._log.detach(), self._log.path)
-        # Never reused while anything may still read it: a part or an upload in
-        # flight would send another file's bytes (it is never closed so, but a
-        # closed descriptor fails loudly, a reused one would not).
+        spare = Spare(self.path, fd, self._log.path, self._log.detach())
+        # A file is closed only once nothing reads it. Should anything still do, a
+        # closed descriptor fails loudly where a reused one would send another
+        # file's bytes: a file with work in flight is deleted, never kept.
         in_use = self.busy or self._upload_lock.locked() or self._lock.locked()
-        if not in_use and self._cache.keep_spare(spare):
-            return
-        os.close(spare.fd)
-        os.close(spare.log_fd)
-        for path in (self.path, spare.log_path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        if in_use or not self._cache.keep_spare(spare):
+            spare.delete()
 
 
 class WriteCache:
@@ -999,9 +1006,13 @@ class WriteCache:
             spare = self._spares.pop()
             return StagedFile(self, ino, key, base, spare.name, append_only=append_only,
                               spare=spare)
-        try:
+
+        def make() -> StagedFile:
             return StagedFile(self, ino, key, base, secrets.token_hex(8),
                               append_only=append_only)
+
+        try:
+            return make()
         except OSError as exc:
             if exc.errno != errno.EMFILE:
                 raise
@@ -1010,8 +1021,7 @@ class WriteCache:
                         "LimitNOFILE)", len(self._open))
             self._trim_idle(0)
             self._drop_spares()
-            return StagedFile(self, ino, key, base, secrets.token_hex(8),
-                              append_only=append_only)
+            return make()
 
     def _reuse(self, ino: int, key: str, base: ObjectInfo | None) -> StagedFile | None:
         f = self._background.pop(ino, None)
@@ -1102,13 +1112,8 @@ class WriteCache:
         return True
 
     def _drop_spares(self) -> None:
-        for spare in self._spares:
-            os.close(spare.fd)
-            os.close(spare.log_fd)
-            for path in (self.staging_dir / spare.name, spare.log_path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-        self._spares.clear()
+        while self._spares:
+            self._spares.pop().delete()
 
     def _files(self) -> list[StagedFile]:
         return [*self._open.values(), *self._background.values(), *self._idle.values()]
