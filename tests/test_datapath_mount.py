@@ -195,11 +195,7 @@ def test_a_reader_of_a_file_being_written_never_uploads_it(mounter, client) -> N
     assert client.get_object("f") == b"first half, second half"
 
 
-def _nofile(pid: int) -> tuple[int, int]:
-    return resource.prlimit(pid, resource.RLIMIT_NOFILE)
-
-
-def test_the_mount_lifts_its_open_files_limit(mounter, monkeypatch) -> None:
+def test_the_mount_lifts_its_open_files_limit(mounter) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard < 4096:
         pytest.skip(f"the hard open-files limit here is {hard}")
@@ -208,7 +204,7 @@ def test_the_mount_lifts_its_open_files_limit(mounter, monkeypatch) -> None:
         m = mounter()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert _nofile(m.proc.pid) == (hard, hard)
+    assert resource.prlimit(m.proc.pid, resource.RLIMIT_NOFILE) == (hard, hard)
 
 
 def test_out_of_descriptors_the_mount_gives_up_its_idle_copies(mounter, client) -> None:

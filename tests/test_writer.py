@@ -337,28 +337,28 @@ def test_no_staging_file_is_closed_holding_data_written_after_an_emptying(
     is created empty (O_TRUNC), and one emptied for reuse is emptied again before
     it is closed."""
     real = {name: getattr(os, name) for name in ("ftruncate", "pwrite", "write", "close")}
-    emptied: set[int] = set()  # descriptors truncated to 0 and written since
+    emptied: set[int] = set()  # truncated to 0, nothing written since
+    refilled: set[int] = set()  # written after such a truncate
     closed_full: list[int] = []
 
     def ftruncate(fd: int, size: int) -> None:
         real["ftruncate"](fd, size)
-        emptied.discard(fd)
-        if size == 0:
-            emptied.add(-fd - 1)  # emptied, nothing written yet
+        refilled.discard(fd)
+        (emptied.add if size == 0 else emptied.discard)(fd)
 
     def wrote(name: str):
         def spy(fd: int, *args):
-            if -fd - 1 in emptied:
-                emptied.discard(-fd - 1)
-                emptied.add(fd)
+            if fd in emptied:
+                emptied.discard(fd)
+                refilled.add(fd)
             return real[name](fd, *args)
         return spy
 
     def close(fd: int) -> None:
-        if fd in emptied:
+        if fd in refilled:
             closed_full.append(fd)
         emptied.discard(fd)
-        emptied.discard(-fd - 1)
+        refilled.discard(fd)
         real["close"](fd)
 
     monkeypatch.setattr(os, "ftruncate", ftruncate)
