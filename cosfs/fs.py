@@ -240,8 +240,9 @@ class Operations(pyfuse3.Operations):
         await self.data.cache.release(f)
 
     def _upload_args(self, inode: Inode) -> tuple[dict[str, str], str]:
-        key = self.ns.key_of(inode)
-        return meta.metadata_for(inode.attr), self.content_type(key)
+        # A rewritten object keeps its Content-Type; a new one gets it from its name.
+        ctype = inode.attr.content_type or self.content_type(self.ns.key_of(inode))
+        return meta.metadata_for(inode.attr), ctype
 
     async def _flush_inode(self, inode: Inode, *, sync: bool = False) -> None:
         staged = self.staged.get(inode.ino)

@@ -12,6 +12,10 @@ bucket stays usable by either tool:
 - directories are ``dir/`` markers with ``Content-Type: application/x-directory``;
 - symlinks are objects whose content is the target and whose mode has S_IFLNK.
 
+Other user metadata on an object (another tool's ``x-cos-meta-author``) is not
+cosfs's to drop: it is kept in ``Attr.foreign`` and written back with cosfs's own
+whenever cosfs rewrites the object's metadata or data.
+
 Metadata dicts here use bare names (``"mode"``); the client adds the header prefix.
 """
 
@@ -24,7 +28,7 @@ import stat
 import urllib.parse
 from dataclasses import dataclass, field
 
-from cosfs.cos.types import ObjectInfo
+from cosfs.cos.types import ObjectInfo, is_sendable_metadata
 
 DIR_CONTENT_TYPE = "application/x-directory"
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -34,6 +38,8 @@ META_PREFIX_LEN = len("x-cos-meta-")
 # Keys are at most 850 bytes; each path component at most 255 (NAME_MAX).
 MAX_KEY_BYTES = 850
 NAME_MAX = 255
+# The user-metadata names cosfs reads and writes; any other is carried unchanged.
+OWN_METADATA = frozenset({"mode", "uid", "gid", "mtime", "xattr"})
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,11 @@ class Attr:
     # gid and mtime are the defaults and Last-Modified, not the object's metadata.
     partial: bool = False
     content_type: str = ""  # the object's, when known: a metadata copy keeps it
+    # User metadata of other tools (bare names), written back with cosfs's own.
+    foreign: dict[str, str] = field(default_factory=dict)
+    # The object's Cache-Control, Content-Disposition... (ObjectInfo.content_headers),
+    # sent again by a metadata copy, which would drop them otherwise.
+    content_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> int:
@@ -166,7 +177,16 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
         # Without metadata to read, a listing's attributes are the whole truth.
         partial=info.from_listing and defaults.use_metadata,
         content_type=info.content_type,
+        foreign=foreign_metadata(meta),
+        content_headers=dict(info.content_headers),
     )
+
+
+def foreign_metadata(meta: dict[str, str]) -> dict[str, str]:
+    """The entries of an object's user metadata that are not cosfs's, to carry.
+    One COS would refuse (it came from elsewhere, e.g. S3) cannot be written back."""
+    return {k: v for k, v in meta.items()
+            if k not in OWN_METADATA and is_sendable_metadata(k, v)}
 
 
 # A symlink's object holds its target: 1 to PATH_MAX - 1 bytes.
@@ -194,8 +214,10 @@ def implicit_dir_attr(defaults: Defaults, mtime_ns: int = 0) -> Attr:
 
 
 def metadata_for(attr: Attr) -> dict[str, str]:
-    """The user metadata cosfs writes for ``attr`` (COSFS-compatible)."""
-    meta = {"mode": str(attr.mode), "uid": str(attr.uid), "gid": str(attr.gid)}
+    """The user metadata cosfs writes for ``attr`` (COSFS-compatible), after the
+    other tools' it carries."""
+    meta = dict(attr.foreign)
+    meta.update(mode=str(attr.mode), uid=str(attr.uid), gid=str(attr.gid))
     if attr.mtime_set:
         meta["mtime"] = format_mtime(attr.mtime_ns)
     if attr.xattrs:

@@ -918,7 +918,8 @@ class Namespace:
             await self._settle(inode.ino)
             etag = await self.aclient.copy_object(
                 key, key, metadata=meta.metadata_for(attr),
-                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE)
+                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
+                storage_class=attr.storage_class, content_headers=attr.content_headers)
             attr.etag = etag
             self.object_attrs[key] = (etag, attr)
             self._drop_pending(inode.ino)  # this copy carried everything
@@ -1010,7 +1011,8 @@ class Namespace:
         try:
             etag = await self.aclient.copy_object(
                 p.key, p.key, metadata=meta.metadata_for(p.attr),
-                content_type=p.content_type, if_match=p.etag)
+                content_type=p.content_type, if_match=p.etag,
+                storage_class=p.attr.storage_class, content_headers=p.attr.content_headers)
         except CosError as exc:
             if exc.status == 0 or exc.status >= 500:  # no answer, or a server fault
                 retry = trio.current_time() + 5 * self.tuning.meta_delay
@@ -1093,9 +1095,14 @@ class Namespace:
         stored = 0
         for rec in self.journal.metadata():
             try:
+                # What a copy drops unless told (the storage class, Cache-Control
+                # and the like) comes from a HEAD.
+                info = await self.aclient.head_object(rec.key, if_match=rec.etag)
                 await self.aclient.copy_object(rec.key, rec.key, metadata=rec.metadata,
                                                content_type=rec.content_type,
-                                               if_match=rec.etag)
+                                               if_match=rec.etag,
+                                               storage_class=info.storage_class,
+                                               content_headers=info.content_headers)
                 stored += 1
             except CosError as exc:
                 if exc.status == 0 or exc.status >= 500:
@@ -1229,14 +1236,18 @@ class Namespace:
             return await self._copy_appendable(src_key, dst_key, attr)
         if attr.size <= COPY_LIMIT:
             if carry is None:
-                return await self.aclient.copy_object(src_key, dst_key)
+                return await self.aclient.copy_object(src_key, dst_key,
+                                                      storage_class=attr.storage_class)
             return await self.aclient.copy_object(
                 src_key, dst_key, metadata=meta.metadata_for(attr),
-                content_type=carry.content_type, if_match=carry.etag)
+                content_type=carry.content_type, if_match=carry.etag,
+                storage_class=attr.storage_class, content_headers=attr.content_headers)
         from cosfs.cos import PartInfo
 
         upload = await self.aclient.create_multipart_upload(
-            dst_key, content_type=meta.DEFAULT_CONTENT_TYPE, metadata=meta.metadata_for(attr))
+            dst_key, content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
+            metadata=meta.metadata_for(attr), storage_class=attr.storage_class,
+            content_headers=attr.content_headers)
         try:
             parts: list[PartInfo] = []
             async with trio.open_nursery() as nursery:
@@ -1291,7 +1302,8 @@ class Namespace:
                     head = await self.aclient.head_object(info.key)
                     await self.copy_object(info.key, dst, self._file_attr(head))
                 else:
-                    await self.aclient.copy_object(info.key, dst)
+                    await self.aclient.copy_object(info.key, dst,
+                                                   storage_class=info.storage_class)
 
         async with trio.open_nursery() as nursery:
             for info in keys:

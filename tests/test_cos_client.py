@@ -199,6 +199,27 @@ def test_copy(client: CosClient) -> None:
     assert e.value.status == 404
 
 
+def test_a_copy_keeps_the_storage_class_and_headers_it_is_given(client: CosClient) -> None:
+    client.put_object("ia", b"cold")
+    client.copy_object("ia", "ia", metadata={}, storage_class="STANDARD_IA",
+                       content_headers={"Cache-Control": "max-age=5",
+                                        "Content-Disposition": "inline"})
+    info = client.head_object("ia")
+    assert info.storage_class == "STANDARD_IA"
+    assert info.content_headers == {"Cache-Control": "max-age=5",
+                                    "Content-Disposition": "inline"}
+    # COS makes a copy STANDARD and a Replaced copy drops the headers, unless told.
+    client.copy_object("ia", "plain", metadata={})
+    info = client.head_object("plain")
+    assert (info.storage_class, info.content_headers) == ("STANDARD", {})
+    client.copy_object("ia", "kept", storage_class="STANDARD_IA")
+    info = client.head_object("kept")
+    assert info.storage_class == "STANDARD_IA"
+    assert info.content_headers["Cache-Control"] == "max-age=5"
+    with pytest.raises(ValueError):
+        client.copy_object("ia", "ia", metadata={}, content_headers={"X-Other": "1"})
+
+
 def test_head_objects_answers_each_key_in_order(client: CosClient) -> None:
     client.put_object("h/a", b"1", metadata={"mode": "1"})
     client.put_object("h/c", b"333")

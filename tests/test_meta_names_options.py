@@ -89,6 +89,21 @@ def test_metadata_written_matches_cosfs_names():
     assert not meta.attr_from_object(info(), D).mtime_set
 
 
+def test_other_tools_metadata_is_written_back_with_cosfs_own():
+    theirs = {"author": "alice", "mode": str(stat.S_IFREG | 0o600), "mtime": "9",
+              "odd_name": "x", "note": "caf\u00e9"}  # two COS would refuse
+    a = meta.attr_from_object(info(metadata=theirs,
+                                   content_headers={"Cache-Control": "no-cache"}), D)
+    assert a.foreign == {"author": "alice"}
+    assert a.content_headers == {"Cache-Control": "no-cache"}
+    a.mode = stat.S_IFREG | 0o644  # cosfs's own values win
+    assert meta.metadata_for(a) == {"author": "alice", "mode": "33188", "uid": "1000",
+                                    "gid": "100", "mtime": "9"}
+    # Without metadata read (-o listing_attrs) there is nothing to carry.
+    no_meta = meta.Defaults(use_metadata=False)
+    assert meta.attr_from_object(info(metadata=theirs), no_meta).foreign == {}
+
+
 def test_metadata_limit():
     a = meta.Attr(mode=0o100644, uid=0, gid=0, xattrs={"user.big": b"x" * 1500})
     assert not meta.fits_metadata_limit(a)

@@ -32,7 +32,15 @@ from .signing import (
 )
 from .stats import ClientStats
 from .transport import Headers, Response, Transport, environ_proxy
-from .types import DeleteError, ListPage, ObjectInfo, PartInfo, UploadInfo
+from .types import (
+    CONTENT_HEADERS,
+    DeleteError,
+    ListPage,
+    ObjectInfo,
+    PartInfo,
+    UploadInfo,
+    is_sendable_metadata,
+)
 from .xmlcodec import (
     S3_XMLNS,
     XmlError,
@@ -60,7 +68,6 @@ DEFAULT_CHUNK = 1 << 20
 # A body read into the caller's buffer goes in slices of this size, so a connection
 # lost mid-body still tells how many bytes had arrived (the resume starts there).
 READINTO_SLICE = 1 << 20
-_META_NAME = re.compile(r"^[a-z0-9-]+$")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 # Answers without a body (HEAD, some proxies) still need a COS-like error code.
@@ -283,15 +290,21 @@ class CosClient:
         return int(following) if following else position + payload.last_length
 
     def copy_object(self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None,
-                    content_type: str | None = None, if_match: str | None = None) -> str:
+                    content_type: str | None = None, if_match: str | None = None,
+                    storage_class: str | None = None,
+                    content_headers: dict[str, str] | None = None) -> str:
         """Server-side copy. ``metadata=None`` keeps the source's metadata (directive
-        Copy; ``content_type`` is then ignored by the server); a dict replaces it."""
+        Copy; ``content_type`` and ``content_headers`` are then ignored by the
+        server); a dict replaces all of it, ``CONTENT_HEADERS`` included: pass the
+        source's ``content_headers`` to keep them. The copy is STANDARD unless
+        ``storage_class`` says otherwise, whatever the source's class."""
         headers = {f"{self._x}copy-source": self._copy_source(src_key)}
+        headers.update(self._storage_class_header(storage_class))
         if metadata is None:
             headers[f"{self._x}metadata-directive"] = "COPY" if self._s3 else "Copy"
         else:
             headers[f"{self._x}metadata-directive"] = "REPLACE" if self._s3 else "Replaced"
-            headers.update(self._object_headers(content_type, metadata))
+            headers.update(self._object_headers(content_type, metadata, content_headers))
         if if_match:
             headers[f"{self._x}copy-source-if-match"] = _quoted(if_match)
         return self._fetch(_Call("PutObjectCopy", "PUT", dst_key, headers=headers),
@@ -318,12 +331,15 @@ class CosClient:
     # -- multipart ---------------------------------------------------------------------
 
     def create_multipart_upload(self, key: str, content_type: str | None = None,
-                                metadata: dict[str, str] | None = None) -> str:
+                                metadata: dict[str, str] | None = None,
+                                storage_class: str | None = None,
+                                content_headers: dict[str, str] | None = None) -> str:
         """Start an upload; returns its id. If an answer is lost and the retry starts a
         second upload, the first one is orphaned: callers that care sweep
         :meth:`list_multipart_uploads` (nothing tells two uploads of a key apart)."""
-        call = _Call("InitiateMultipartUpload", "POST", key, {"uploads": None},
-                     self._object_headers(content_type, metadata))
+        headers = self._object_headers(content_type, metadata, content_headers)
+        headers.update(self._storage_class_header(storage_class))
+        call = _Call("InitiateMultipartUpload", "POST", key, {"uploads": None}, headers)
         return self._fetch(call, parse_upload_id)
 
     def upload_part(self, key: str, upload_id: str, part_number: int, body: BodySource) -> str:
@@ -420,16 +436,25 @@ class CosClient:
         cfg = self.config
         return f"{cfg.bucket}.cos.{cfg.region}.myqcloud.com/{quote_key(src_key)}"
 
-    def _object_headers(self, content_type: str | None,
-                        metadata: dict[str, str] | None) -> dict[str, str]:
+    def _object_headers(self, content_type: str | None, metadata: dict[str, str] | None,
+                        content_headers: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Content-Type": content_type} if content_type else {}
+        for name, value in (content_headers or {}).items():
+            if name not in CONTENT_HEADERS:
+                raise ValueError(f"{name!r} is not one of {CONTENT_HEADERS}")
+            headers[name] = value
         for name, value in (metadata or {}).items():
-            if not _META_NAME.match(name):
-                raise ValueError(f"metadata name {name!r}: use lower-case letters, digits, -")
-            if not value.isascii() or not value.isprintable():
-                raise ValueError(f"metadata {name!r}: value must be printable ASCII")
+            if not is_sendable_metadata(name, value):
+                raise ValueError(f"metadata {name!r}: names take lower-case letters, digits "
+                                 "and -, values printable ASCII")
             headers[f"{self._x}meta-{name}"] = value
         return headers
+
+    def _storage_class_header(self, storage_class: str | None) -> dict[str, str]:
+        # STANDARD is what no header means: sent only for another class.
+        if not storage_class or storage_class.upper() == "STANDARD":
+            return {}
+        return {f"{self._x}storage-class": storage_class}
 
     def _info(self, key: str, headers: Headers, size: int) -> ObjectInfo:
         meta_prefix = f"{self._x}meta-"
@@ -445,6 +470,8 @@ class CosClient:
             last_modified=_http_time(headers.get("Last-Modified", "")),
             content_type=headers.get("Content-Type", ""),
             metadata=metadata,
+            content_headers={name: headers[name] for name in CONTENT_HEADERS
+                             if name in headers},
             appendable=headers.get("x-cos-object-type", "").lower() == "appendable",
             storage_class=headers.get(f"{self._x}storage-class") or "STANDARD",
         )

@@ -1,0 +1,87 @@
+"""What other tools stored on an object survives what the mount does to it: their
+user metadata, its Content-Type, Cache-Control and the like, and its storage class.
+Objects are put and checked with the official COS SDK."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+THEIRS = {"x-cos-meta-author": "alice", "cache-control": "max-age=60",
+          "content-disposition": "attachment", "content-type": "text/plain",
+          "x-cos-storage-class": "STANDARD_IA"}
+
+
+def put_theirs(sdk, bucket: str, key: str, body: bytes = b"hello world") -> None:
+    sdk.put_object(Bucket=bucket, Key=key, Body=body, StorageClass="STANDARD_IA",
+                   CacheControl="max-age=60", ContentDisposition="attachment",
+                   ContentType="text/plain", Metadata={"x-cos-meta-author": "alice"})
+
+
+def stored(sdk, bucket: str, key: str) -> dict[str, str]:
+    """The headers of ``key`` that are the object's own, lower-cased names."""
+    head = sdk.head_object(Bucket=bucket, Key=key)
+    return {k.lower(): v for k, v in head.items()
+            if k.lower().startswith("x-cos-meta-") or k.lower() in THEIRS}
+
+
+def cosfs_mode(headers: dict[str, str]) -> int:
+    return stat.S_IMODE(int(headers["x-cos-meta-mode"]))
+
+
+def test_metadata_changes_and_renames_keep_what_other_tools_stored(mounter, sdk, bucket):
+    for key in ("chmod", "utime", "xattr", "mv", "utime-mv", "tree/f"):
+        put_theirs(sdk, bucket, key)
+    m = mounter()
+    os.chmod(m.path / "chmod", 0o600)
+    os.utime(m.path / "utime", (1, 1))
+    os.setxattr(m.path / "xattr", "user.note", b"1")
+    os.rename(m.path / "mv", m.path / "moved")
+    # A change still pending when the rename comes rides on its copy.
+    os.utime(m.path / "utime-mv", (2, 2))
+    os.rename(m.path / "utime-mv", m.path / "utime-moved")
+    os.rename(m.path / "tree", m.path / "tree2")
+    m.unmount()  # stores what is still pending
+    for key in ("chmod", "utime", "xattr", "moved", "utime-moved", "tree2/f"):
+        got = stored(sdk, bucket, key)
+        assert {k: got.get(k) for k in THEIRS} == THEIRS, key
+    assert cosfs_mode(stored(sdk, bucket, "chmod")) == 0o600
+    assert stored(sdk, bucket, "utime")["x-cos-meta-mtime"] == "1"
+    assert "user.note" in os.listxattr(m.start().path / "xattr")
+    assert stored(sdk, bucket, "utime-moved")["x-cos-meta-mtime"] == "2"
+
+
+@pytest.mark.parametrize("how", ["overwrite", "append", "truncate"])
+def test_a_rewrite_keeps_user_metadata_and_content_type(mounter, sdk, bucket, how):
+    put_theirs(sdk, bucket, "f")
+    m = mounter()
+    if how == "overwrite":
+        with open(m.path / "f", "r+b") as f:
+            f.write(b"J")
+    elif how == "append":
+        with open(m.path / "f", "ab") as f:
+            f.write(b"!")
+    else:
+        (m.path / "f").write_bytes(b"new")
+    m.unmount()
+    got = stored(sdk, bucket, "f")
+    assert got["x-cos-meta-author"] == "alice"
+    assert got["content-type"] == "text/plain"
+    assert cosfs_mode(got) == 0o644
+    # New bytes make a new object: Cache-Control and the like described the old
+    # ones, and the storage class is the bucket's default again.
+    assert "cache-control" not in got and "x-cos-storage-class" not in got
+
+
+def test_metadata_recovered_after_a_crash_keeps_what_other_tools_stored(mounter, sdk, bucket):
+    put_theirs(sdk, bucket, "f")
+    m = mounter()
+    os.chmod(m.path / "f", 0o611)
+    m.kill()  # before the deferred copy ran
+    assert "x-cos-meta-mode" not in stored(sdk, bucket, "f")
+    m.start()
+    got = stored(sdk, bucket, "f")
+    assert cosfs_mode(got) == 0o611
+    assert {k: got.get(k) for k in THEIRS} == THEIRS
