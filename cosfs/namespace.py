@@ -1279,7 +1279,8 @@ class Namespace:
             data = (await self.aclient.get_object(src_key, position, end)
                     if attr.size else b"")
             await self.aclient.append_object(
-                dst_key, position, data, content_type=meta.DEFAULT_CONTENT_TYPE,
+                dst_key, position, data,
+                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
                 metadata=meta.metadata_for(attr) if position == 0 else None)
             position += len(data)
             if not data:

@@ -53,6 +53,19 @@ def test_metadata_changes_and_renames_keep_what_other_tools_stored(mounter, sdk,
     assert stored(sdk, bucket, "utime-moved")["x-cos-meta-mtime"] == "2"
 
 
+def test_a_renamed_appendable_object_keeps_its_content_type_and_metadata(mounter, sdk, bucket):
+    # COS cannot copy an appendable object: a rename appends its bytes anew.
+    sdk.append_object(Bucket=bucket, Key="log", Position=0, Data=b"line\n",
+                      ContentType="text/plain", Metadata={"x-cos-meta-author": "alice"})
+    m = mounter()
+    os.rename(m.path / "log", m.path / "log.1")
+    m.unmount()
+    got = stored(sdk, bucket, "log.1")
+    assert (got["content-type"], got["x-cos-meta-author"]) == ("text/plain", "alice")
+    assert sdk.get_object(Bucket=bucket, Key="log.1")["Body"].get_raw_stream().read() == \
+        b"line\n"
+
+
 @pytest.mark.parametrize("how", ["overwrite", "append", "truncate"])
 def test_a_rewrite_keeps_user_metadata_and_content_type(mounter, sdk, bucket, how):
     put_theirs(sdk, bucket, "f")
