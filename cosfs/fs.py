@@ -354,10 +354,8 @@ class Operations(pyfuse3.Operations):
                     await self._flush_inode(node, sync=True)
             else:
                 # Nothing pending (an open file not written to, even if truncated to
-                # its own size): only a copy onto itself stores the metadata. It
-                # rewrites the Content-Type too: keep the object's.
-                new.content_type = node.attr.content_type or \
-                    self.content_type(self.ns.key_of(node))
+                # its own size): only a copy onto itself stores the metadata (and
+                # keeps what else the object has: Namespace._kept_by_copy).
                 if defer and self.ns.can_defer(node):
                     # The copy waits a moment for the next change (rsync's utime,
                     # then chmod) or the rename that carries it. Open handles do not

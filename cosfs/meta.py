@@ -86,7 +86,9 @@ class Attr:
     # True when the attributes came from a listing only (no HEAD yet): mode, uid,
     # gid and mtime are the defaults and Last-Modified, not the object's metadata.
     partial: bool = False
-    content_type: str = ""  # the object's, when known: a metadata copy keeps it
+    # The object's, as a HEAD or cosfs's own upload said; '' when only a listing
+    # described it, and then neither foreign nor content_headers are known either.
+    content_type: str = ""
     # User metadata of other tools (bare names), written back with cosfs's own.
     foreign: dict[str, str] = field(default_factory=dict)
     # The object's Cache-Control, Content-Disposition... (ObjectInfo.content_headers),
@@ -177,7 +179,8 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
         # Without metadata to read, a listing's attributes are the whole truth.
         partial=info.from_listing and defaults.use_metadata,
         content_type=info.content_type,
-        foreign=foreign_metadata(meta),
+        # Carried even when not read: it is not cosfs's to interpret, or to drop.
+        foreign=foreign_metadata(info.metadata),
         content_headers=dict(info.content_headers),
     )
 

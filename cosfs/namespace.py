@@ -839,6 +839,11 @@ class Namespace:
         inode.attr.size = info.size
         inode.attr.appendable = info.appendable
         inode.attr.last_modified = int(info.last_modified)
+        # A new object: what the old one had besides its metadata is gone, and a
+        # later metadata copy must not bring it back.
+        inode.attr.storage_class = info.storage_class
+        inode.attr.content_headers = dict(info.content_headers)
+        inode.attr.content_type = info.content_type
         if not inode.attr.mtime_set and info.last_modified:
             # What a remount will show: the object's Last-Modified.
             inode.attr.mtime_ns = int(info.last_modified * 1_000_000_000)
@@ -916,6 +921,7 @@ class Namespace:
                 # without rewriting the data: refuse rather than pretend.
                 raise OSError(errno.EOPNOTSUPP, "appendable objects keep their metadata")
             await self._settle(inode.ino)
+            attr = await self._kept_by_copy(key, attr)
             etag = await self.aclient.copy_object(
                 key, key, metadata=meta.metadata_for(attr),
                 content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
@@ -965,8 +971,10 @@ class Namespace:
         else:
             ctype = attr.content_type or meta.DEFAULT_CONTENT_TYPE
         if self.journal is not None:
+            # An unknown Content-Type (listing_attrs) is asked for at recovery.
+            known = ctype if inode.is_dir() or attr.content_type else None
             self.journal.put_metadata(MetadataRecord(key, attr.etag,
-                                                     meta.metadata_for(attr), ctype))
+                                                     meta.metadata_for(attr), known))
         old = self.pending.get(inode.ino)
         due = old.due if old is not None else trio.current_time() + self.tuning.meta_delay
         # A snapshot: what is stored is what was set, as with an immediate copy
@@ -1009,10 +1017,11 @@ class Namespace:
             return
         done = self._applying[ino] = trio.Event()
         try:
+            attr = await self._kept_by_copy(p.key, p.attr)
             etag = await self.aclient.copy_object(
-                p.key, p.key, metadata=meta.metadata_for(p.attr),
-                content_type=p.content_type, if_match=p.etag,
-                storage_class=p.attr.storage_class, content_headers=p.attr.content_headers)
+                p.key, p.key, metadata=meta.metadata_for(attr),
+                content_type=attr.content_type or p.content_type, if_match=p.etag,
+                storage_class=attr.storage_class, content_headers=attr.content_headers)
         except CosError as exc:
             if exc.status == 0 or exc.status >= 500:  # no answer, or a server fault
                 retry = trio.current_time() + 5 * self.tuning.meta_delay
@@ -1029,7 +1038,7 @@ class Namespace:
                 inode.expires = 0.0  # show what the server has
         else:
             self._forget_metadata(p.key)
-            self.object_attrs[p.key] = (etag, p.attr)
+            self.object_attrs[p.key] = (etag, attr)
         finally:
             del self._applying[ino]
             done.set()
@@ -1098,11 +1107,11 @@ class Namespace:
                 # What a copy drops unless told (the storage class, Cache-Control
                 # and the like) comes from a HEAD.
                 info = await self.aclient.head_object(rec.key, if_match=rec.etag)
-                await self.aclient.copy_object(rec.key, rec.key, metadata=rec.metadata,
-                                               content_type=rec.content_type,
-                                               if_match=rec.etag,
-                                               storage_class=info.storage_class,
-                                               content_headers=info.content_headers)
+                await self.aclient.copy_object(
+                    rec.key, rec.key,
+                    metadata={**meta.foreign_metadata(info.metadata), **rec.metadata},
+                    content_type=rec.content_type or info.content_type, if_match=rec.etag,
+                    storage_class=info.storage_class, content_headers=info.content_headers)
                 stored += 1
             except CosError as exc:
                 if exc.status == 0 or exc.status >= 500:
@@ -1232,15 +1241,17 @@ class Namespace:
         over 5 GB are copied part by part; appendable ones (which COS cannot copy)
         are re-appended from a download, so they stay appendable; both always
         write ``attr``'s metadata."""
+        if carry is None and attr.size <= COPY_LIMIT and not attr.appendable:
+            return await self.aclient.copy_object(src_key, dst_key,
+                                                  storage_class=attr.storage_class)
+        attr = await self._kept_by_copy(src_key, attr)  # the rest writes attr's
         if attr.appendable:
             return await self._copy_appendable(src_key, dst_key, attr)
         if attr.size <= COPY_LIMIT:
-            if carry is None:
-                return await self.aclient.copy_object(src_key, dst_key,
-                                                      storage_class=attr.storage_class)
+            assert carry is not None
             return await self.aclient.copy_object(
                 src_key, dst_key, metadata=meta.metadata_for(attr),
-                content_type=carry.content_type, if_match=carry.etag,
+                content_type=attr.content_type or carry.content_type, if_match=carry.etag,
                 storage_class=attr.storage_class, content_headers=attr.content_headers)
         from cosfs.cos import PartInfo
 
@@ -1269,6 +1280,18 @@ class Namespace:
                 except CosError:
                     log.warning("could not abort multipart copy of %r", dst_key)
             raise
+
+    async def _kept_by_copy(self, key: str, attr: Attr) -> Attr:
+        """``attr`` with what a copy replacing ``key``'s metadata must send again to
+        keep it: other tools' metadata, Content-Type and the like, storage class.
+        Known from a HEAD or an upload; for attributes that came from a listing only
+        (``-o listing_attrs``) a HEAD asks now."""
+        if attr.content_type or not attr.etag:
+            return attr
+        info = await self.aclient.head_object(key)
+        return replace(attr, foreign=meta.foreign_metadata(info.metadata),
+                       content_type=info.content_type, storage_class=info.storage_class,
+                       content_headers=dict(info.content_headers))
 
     async def _copy_appendable(self, src_key: str, dst_key: str, attr: Attr) -> str:
         chunk = 64 * 1024**2

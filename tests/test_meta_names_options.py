@@ -99,9 +99,9 @@ def test_other_tools_metadata_is_written_back_with_cosfs_own():
     a.mode = stat.S_IFREG | 0o644  # cosfs's own values win
     assert meta.metadata_for(a) == {"author": "alice", "mode": "33188", "uid": "1000",
                                     "gid": "100", "mtime": "9"}
-    # Without metadata read (-o listing_attrs) there is nothing to carry.
+    # Not reading metadata (-o listing_attrs) is no reason to drop theirs.
     no_meta = meta.Defaults(use_metadata=False)
-    assert meta.attr_from_object(info(metadata=theirs), no_meta).foreign == {}
+    assert meta.attr_from_object(info(metadata=theirs), no_meta).foreign == {"author": "alice"}
 
 
 def test_metadata_limit():

@@ -31,10 +31,16 @@ def cosfs_mode(headers: dict[str, str]) -> int:
     return stat.S_IMODE(int(headers["x-cos-meta-mode"]))
 
 
-def test_metadata_changes_and_renames_keep_what_other_tools_stored(mounter, sdk, bucket):
+@pytest.mark.parametrize("options", [[], ["listing_attrs"]])
+def test_metadata_changes_and_renames_keep_what_other_tools_stored(
+        mounter, sdk, bucket, options):
+    """With -o listing_attrs the mount knows a listed object from its listing only:
+    what a copy must keep is asked for by a HEAD first."""
     for key in ("chmod", "utime", "xattr", "mv", "utime-mv", "tree/f"):
         put_theirs(sdk, bucket, key)
-    m = mounter()
+    m = mounter(options)
+    os.listdir(m.path)
+    os.listdir(m.path / "tree")
     os.chmod(m.path / "chmod", 0o600)
     os.utime(m.path / "utime", (1, 1))
     os.setxattr(m.path / "xattr", "user.note", b"1")
@@ -49,7 +55,7 @@ def test_metadata_changes_and_renames_keep_what_other_tools_stored(mounter, sdk,
         assert {k: got.get(k) for k in THEIRS} == THEIRS, key
     assert cosfs_mode(stored(sdk, bucket, "chmod")) == 0o600
     assert stored(sdk, bucket, "utime")["x-cos-meta-mtime"] == "1"
-    assert "user.note" in os.listxattr(m.start().path / "xattr")
+    assert "user.note" in os.listxattr(mounter().path / "xattr")
     assert stored(sdk, bucket, "utime-moved")["x-cos-meta-mtime"] == "2"
 
 
@@ -78,19 +84,27 @@ def test_a_rewrite_keeps_user_metadata_and_content_type(mounter, sdk, bucket, ho
             f.write(b"!")
     else:
         (m.path / "f").write_bytes(b"new")
-    m.unmount()
-    got = stored(sdk, bucket, "f")
+    got = stored(sdk, bucket, "f")  # close() returned: the new object is there
     assert got["x-cos-meta-author"] == "alice"
     assert got["content-type"] == "text/plain"
     assert cosfs_mode(got) == 0o644
     # New bytes make a new object: Cache-Control and the like described the old
     # ones, and the storage class is the bucket's default again.
     assert "cache-control" not in got and "x-cos-storage-class" not in got
+    # A later metadata change is of that new object: nothing of the old one returns.
+    os.chmod(m.path / "f", 0o600)
+    m.unmount()
+    got = stored(sdk, bucket, "f")
+    assert (cosfs_mode(got), got["x-cos-meta-author"]) == (0o600, "alice")
+    assert "cache-control" not in got and "x-cos-storage-class" not in got
 
 
-def test_metadata_recovered_after_a_crash_keeps_what_other_tools_stored(mounter, sdk, bucket):
+@pytest.mark.parametrize("options", [[], ["listing_attrs"]])
+def test_metadata_recovered_after_a_crash_keeps_what_other_tools_stored(
+        mounter, sdk, bucket, options):
     put_theirs(sdk, bucket, "f")
-    m = mounter()
+    m = mounter(options)
+    os.listdir(m.path)
     os.chmod(m.path / "f", 0o611)
     m.kill()  # before the deferred copy ran
     assert "x-cos-meta-mode" not in stored(sdk, bucket, "f")
