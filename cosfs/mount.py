@@ -230,6 +230,7 @@ def build_tunings(args: MountArgs) -> tuple[tuning.Tuning, MetaTuning]:
         writeback=bool(args.writeback),
         writeback_delay=float(args.writeback_delay),  # type: ignore[arg-type]
         create_appendable=bool(args.append_new_files),
+        storage_class=str(args.storage_class),
         upload_prefix=names.dir_prefix(names.normalize_root(args.prefix)),
     )
     ttl = float(args.stat_cache_expire)  # type: ignore[arg-type]

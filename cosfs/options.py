@@ -78,6 +78,10 @@ OPTIONS: tuple[Opt, ...] = (
         "rclone: --vfs-write-back 5s"),
     Opt("append_new_files", "flag", False,
         "create files opened with O_APPEND as appendable objects", ""),
+    Opt("storage_class", "str", "STANDARD",
+        "storage class of the data the mount uploads (STANDARD_IA, INTELLIGENT_TIERING, "
+        "MAZ_STANDARD...); copies keep their source's",
+        "s3fs: storage_class (standard)"),
     Opt("connect_timeout", "float", 10.0, "seconds to connect", "connect_timeout (300)"),
     Opt("readwrite_timeout", "float", 60.0, "seconds without data before a request fails",
         "readwrite_timeout (120)"),
@@ -102,6 +106,12 @@ KERNEL_FLAGS = {"nosuid", "nodev", "noexec", "suid", "dev", "exec", "noatime", "
 PASSTHROUGH = {"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto",
                "user", "nouser", "_netdev", "nofail", "default_permissions", "atime",
                "noatime", "relatime", "sync", "async", "defaults"}
+
+# Classes whose objects can be read back at once (an archived one needs a restore
+# first): COS's, and S3's for -o sigv4.
+WRITABLE_CLASSES = ("STANDARD", "STANDARD_IA", "INTELLIGENT_TIERING", "MAZ_STANDARD",
+                    "MAZ_STANDARD_IA", "MAZ_INTELLIGENT_TIERING", "ONEZONE_IA",
+                    "REDUCED_REDUNDANCY", "GLACIER_IR")
 
 BUCKET_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?-\d{5,12}$")
 S3_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -185,6 +195,15 @@ def check_bucket_name(bucket: str, s3: bool) -> None:
             f"invalid bucket name {bucket!r}: expected NAME-APPID, e.g. examplebucket-1250000000")
 
 
+def check_storage_class(name: str) -> str:
+    """The class, upper-cased, if the mount can write it."""
+    upper = name.strip().upper()
+    if upper not in WRITABLE_CLASSES:
+        raise UsageError(f"storage_class {name!r}: use one of {', '.join(WRITABLE_CLASSES)} "
+                         "(archived objects cannot be read back without a restore)")
+    return upper
+
+
 def parse_args(argv: list[str]) -> MountArgs:
     """``cosfs BUCKET[:/prefix] MOUNTPOINT [-o opt,...] [-f] [-d] [--opt=value]``."""
     positional: list[str] = []
@@ -214,6 +233,7 @@ def parse_args(argv: list[str]) -> MountArgs:
     bucket, prefix = parse_bucket(positional[0])
     args = MountArgs(bucket, prefix, Path(positional[1]), foreground, debug, values)
     check_bucket_name(bucket, bool(args.sigv4))
+    values["storage_class"] = check_storage_class(str(args.storage_class))
     if debug:
         values["dbglevel"] = "debug"
     return args

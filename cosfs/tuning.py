@@ -63,6 +63,9 @@ class Tuning:
     writeback_delay: float = 1.0
     # New files opened append-only become appendable objects (COS only).
     create_appendable: bool = False
+    # The storage class of what PUT and multipart uploads write (appendable
+    # objects are always STANDARD: COS appends to no other class).
+    storage_class: str = "STANDARD"
 
     # -- staging cache -------------------------------------------------------
     cache_limit: int = 16 * GiB

@@ -640,7 +640,7 @@ class StagedFile:
         await self._fill(0, size)
         etag = await self._cache.client.put_object(
             key, self._slice(0, size), content_type=self.content_type,
-            metadata=self.metadata)
+            metadata=self.metadata, storage_class=self._t.storage_class)
         progress.bytes_done = size
         return self._new_info(key, size, etag)
 
@@ -677,7 +677,8 @@ class StagedFile:
 
     def _new_info(self, key: str, size: int, etag: str) -> ObjectInfo:
         return ObjectInfo(key=key, size=size, etag=etag, last_modified=time.time(),
-                          content_type=self.content_type or "", metadata=dict(self.metadata))
+                          content_type=self.content_type or "", metadata=dict(self.metadata),
+                          storage_class=self._t.storage_class)
 
     async def _rebase(self, info: ObjectInfo,
                       sent_meta: tuple[dict[str, str], str | None]) -> None:
@@ -811,7 +812,8 @@ class StagedFile:
         async with self._mp_lock:
             if self._mp is None or self._mp.key != key:
                 upload_id = await self._cache.client.create_multipart_upload(
-                    key, content_type=self.content_type, metadata=self.metadata)
+                    key, content_type=self.content_type, metadata=self.metadata,
+                    storage_class=self._t.storage_class)
                 record_id = self._record.id if self._record is not None else None
                 self._cache.journal.add_upload(upload_id, key, record_id)
                 mp = _Multipart(upload_id, key, dict(self.metadata), self.content_type)
@@ -847,7 +849,8 @@ class StagedFile:
             log.warning("%r keeps the metadata its upload began with", key)
             return etag
         return await self._cache.client.copy_object(
-            key, key, metadata=self.metadata, content_type=self.content_type, if_match=etag)
+            key, key, metadata=self.metadata, content_type=self.content_type, if_match=etag,
+            storage_class=self._t.storage_class)
 
     # -- parts uploaded while the writer goes on -----------------------------------------
     def _early_allowed(self) -> bool:

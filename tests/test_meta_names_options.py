@@ -151,6 +151,9 @@ def test_parse_args_cosfs_style():
     assert a.uid == 5 and a.umask == 0o077 and a.allow_other is True
     assert a.stat_cache_expire == 0.0 and a.foreground
     assert a.region == "ap-guangzhou"  # default
+    assert a.storage_class == "STANDARD"
+    assert options.parse_args(["b-1250000000", "/m", "-o", "storage_class=standard_ia"]
+                              ).storage_class == "STANDARD_IA"
 
 
 @pytest.mark.parametrize("argv,fragment", [
@@ -160,6 +163,8 @@ def test_parse_args_cosfs_style():
     (["b-1250000000"], "usage:"),
     (["NoAppId", "/m"], "invalid bucket name"),
     (["b-1250000000", "/m", "-x"], "unknown flag"),
+    (["b-1250000000", "/m", "-o", "storage_class=archive"], "storage_class 'archive'"),
+    (["b-1250000000", "/m", "-o", "storage_class=cold"], "use one of STANDARD,"),
 ])
 def test_parse_args_errors(argv, fragment):
     with pytest.raises(options.UsageError) as e:

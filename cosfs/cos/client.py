@@ -257,8 +257,10 @@ class CosClient:
     # -- writing -----------------------------------------------------------------------
 
     def put_object(self, key: str, body: BodySource, content_type: str | None = None,
-                   metadata: dict[str, str] | None = None) -> str:
+                   metadata: dict[str, str] | None = None,
+                   storage_class: str | None = None) -> str:
         headers = self._object_headers(content_type, metadata)
+        headers.update(self._storage_class_header(storage_class))
         resp = self._run(_Call("PutObject", "PUT", key, headers=headers, payload=Payload(body)))
         return strip_etag(resp.headers.get("ETag", ""))
 
