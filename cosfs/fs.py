@@ -127,14 +127,12 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, ns: Namespace, data: Any, *, read_only: bool = False,
-                 kernel_ttl: float = 1.0, content_type: Callable[[str], str] | None = None
-                 ) -> None:
+                 kernel_ttl: float = 1.0) -> None:
         super().__init__()
         self.ns = ns
         self.data = data
         self.read_only = read_only
         self.kernel_ttl = kernel_ttl
-        self.content_type = content_type or (lambda key: meta.DEFAULT_CONTENT_TYPE)
         self.handles: dict[int, Handle] = {}
         # directory handle -> [inode number, entries listed at the first readdir]
         self.dir_handles: dict[int, list[Any]] = {}
@@ -241,7 +239,7 @@ class Operations(pyfuse3.Operations):
 
     def _upload_args(self, inode: Inode) -> tuple[dict[str, str], str]:
         # A rewritten object keeps its Content-Type; a new one gets it from its name.
-        ctype = inode.attr.content_type or self.content_type(self.ns.key_of(inode))
+        ctype = inode.attr.content_type or self.ns.guess_type(self.ns.key_of(inode))
         return meta.metadata_for(inode.attr), ctype
 
     async def _flush_inode(self, inode: Inode, *, sync: bool = False) -> None:
@@ -638,7 +636,15 @@ class Operations(pyfuse3.Operations):
             if replaced is not None and replaced.ino in self.staged:
                 self.staged[replaced.ino][0].discard()
             for ino in self._staged_below(src):
-                self.staged[ino][0].key = self.ns.key_of(self.ns.inodes[ino])
+                f = self.staged[ino][0]
+                new_key = self.ns.key_of(self.ns.inodes[ino])
+                # A file not sent yet goes up under its new name and the type it
+                # gives (rsync's temporary files in write-back mode).
+                retype = meta.retyped(f.content_type or "", f.key, new_key,
+                                      self.ns.guess_type)
+                f.key = new_key
+                if retype is not None:
+                    f.remember(None, retype)
             await self._follow_rename(moved)
         finally:
             await self._release_held(held)

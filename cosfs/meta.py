@@ -26,6 +26,7 @@ import binascii
 import json
 import stat
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cosfs.cos.types import ObjectInfo, is_sendable_metadata
@@ -226,6 +227,20 @@ def metadata_for(attr: Attr) -> dict[str, str]:
     if attr.xattrs:
         meta["xattr"] = encode_xattrs(attr.xattrs)
     return meta
+
+
+def retyped(current: str, old_key: str, new_key: str,
+            guess: Callable[[str], str]) -> str | None:
+    """The Content-Type a file renamed from ``old_key`` to ``new_key`` takes, or None
+    to keep ``current``: the new name's, when ``current`` said no more than the old
+    name did (what ``guess`` makes of it, or the default), as with rsync's
+    temporary names; a type another tool set on purpose stays. '' (unknown) stays."""
+    if not current:
+        return None
+    new = guess(new_key)
+    if new != current and current in (guess(old_key), DEFAULT_CONTENT_TYPE):
+        return new
+    return None
 
 
 def metadata_size(meta: dict[str, str]) -> int:

@@ -309,7 +309,8 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
     raise_open_files_limit()
     client = CosClient(p.config)
     aclient = AsyncClient(client, p.config.pool_size)
-    ns = Namespace(aclient, p.root_key, p.defaults, p.meta_tuning)
+    ns = Namespace(aclient, p.root_key, p.defaults, p.meta_tuning,
+                   guess_type=guess_content_type)
     mp_mode = 0o777 & ~int(p.args.mp_umask)  # type: ignore[call-overload]
     ns.inodes[1].attr.mode = stat.S_IFDIR | mp_mode
     data = DataPath(aclient, p.cache_dir, p.data_tuning)
@@ -321,7 +322,7 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
     if stored:
         log.warning("recovery: stored the metadata changes of %d objects", stored)
     ops = Operations(ns, data, read_only=bool(p.args.ro),
-                     kernel_ttl=min(1.0, p.meta_tuning.ttl), content_type=guess_content_type)
+                     kernel_ttl=min(1.0, p.meta_tuning.ttl))
     status = control.MountStatus(p, client, data, ops, report)
     # The control channel outlives the FUSE session, so `cosfs status` and
     # `cosfs unmount` can follow the uploads that finish after the unmount.

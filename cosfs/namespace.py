@@ -157,11 +157,15 @@ class Namespace:
     """Inode table and namespace operations for one mount. See the module docstring."""
 
     def __init__(self, aclient: AsyncClient, root_key: str, defaults: Defaults,
-                 tuning: MetaTuning | None = None) -> None:
+                 tuning: MetaTuning | None = None,
+                 guess_type: Callable[[str], str] | None = None) -> None:
         self.aclient = aclient
         self.root_key = root_key
         self.defaults = defaults
         self.tuning = tuning or MetaTuning()
+        # The Content-Type of a key, from its name: of new files, and of renamed
+        # ones whose type came from their old name (meta.retyped).
+        self.guess_type = guess_type or (lambda key: meta.DEFAULT_CONTENT_TYPE)
         now_ns = time.time_ns()
         root_attr = meta.implicit_dir_attr(defaults, now_ns)
         self.inodes: dict[int, Inode] = {
@@ -1212,8 +1216,10 @@ class Namespace:
     async def _move_object(self, src: Inode, old_key: str, new_key: str) -> None:
         await self._settle(src.ino)
         carry = self._take_pending(src.ino)
+        retype = meta.retyped(src.attr.content_type, old_key, new_key, self.guess_type)
         try:
-            info = await self.copy_object(old_key, new_key, src.attr, carry=carry)
+            info = await self.copy_object(old_key, new_key, src.attr, carry=carry,
+                                          retype=retype)
         except CosError as exc:
             if carry is None or exc.status != 412:
                 if carry is not None:
@@ -1222,7 +1228,9 @@ class Namespace:
             log.warning("%r changed on the server before its new metadata was stored; "
                         "it keeps the server's", old_key)
             src.expires = 0.0
-            info = await self.copy_object(old_key, new_key, src.attr)
+            info = await self.copy_object(old_key, new_key, src.attr, retype=retype)
+        if retype is not None:
+            src.attr.content_type = retype
         # The new key is complete: the rename is done. Requests naming the old key
         # wait for its DELETE (see AsyncClient), so it may run in the background.
         self.aclient.delete_soon(old_key)
@@ -1234,24 +1242,30 @@ class Namespace:
             self.object_attrs[new_key] = (info, src.attr)
 
     async def copy_object(self, src_key: str, dst_key: str, attr: Attr,
-                          carry: PendingMeta | None = None) -> str:
+                          carry: PendingMeta | None = None, retype: str | None = None
+                          ) -> str:
         """Server-side copy keeping metadata; returns the new ETag. With ``carry``
         the copy replaces the metadata with ``attr``'s, on condition that the
-        source is still the object ``carry`` was for (else CosError 412). Objects
-        over 5 GB are copied part by part; appendable ones (which COS cannot copy)
-        are re-appended from a download, so they stay appendable; both always
-        write ``attr``'s metadata."""
-        if carry is None and attr.size <= COPY_LIMIT and not attr.appendable:
+        source is still the object ``carry`` was for (else CosError 412); with
+        ``retype`` it gets that Content-Type. Objects over 5 GB are copied part by
+        part; appendable ones (which COS cannot copy) are re-appended from a
+        download, so they stay appendable; both always write ``attr``'s metadata."""
+        if carry is None and retype is None and attr.size <= COPY_LIMIT \
+                and not attr.appendable:
             return await self.aclient.copy_object(src_key, dst_key,
                                                   storage_class=attr.storage_class)
         attr = await self._kept_by_copy(src_key, attr)  # the rest writes attr's
+        if retype is not None:
+            attr = replace(attr, content_type=retype)
+        elif not attr.content_type and carry is not None:
+            attr = replace(attr, content_type=carry.content_type)
         if attr.appendable:
             return await self._copy_appendable(src_key, dst_key, attr)
         if attr.size <= COPY_LIMIT:
-            assert carry is not None
             return await self.aclient.copy_object(
                 src_key, dst_key, metadata=meta.metadata_for(attr),
-                content_type=attr.content_type or carry.content_type, if_match=carry.etag,
+                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
+                if_match=carry.etag if carry is not None else None,
                 storage_class=attr.storage_class, content_headers=attr.content_headers)
         from cosfs.cos import PartInfo
 

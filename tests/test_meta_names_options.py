@@ -104,6 +104,19 @@ def test_other_tools_metadata_is_written_back_with_cosfs_own():
     assert meta.attr_from_object(info(metadata=theirs), no_meta).foreign == {"author": "alice"}
 
 
+def test_a_renamed_file_is_retyped_only_where_its_type_came_from_its_name():
+    guess = {"a.html": "text/html", "a.txt": "text/plain"}.get
+
+    def retyped(current: str, old: str, new: str) -> str | None:
+        return meta.retyped(current, old, new, lambda k: guess(k, meta.DEFAULT_CONTENT_TYPE))
+
+    assert retyped(meta.DEFAULT_CONTENT_TYPE, ".a.html.Xy12", "a.html") == "text/html"
+    assert retyped("text/plain", "a.txt", "a.html") == "text/html"
+    assert retyped("image/png", "a.txt", "a.html") is None  # set on purpose
+    assert retyped("text/html", "b", "a.html") is None  # already right
+    assert retyped("", "a.txt", "a.html") is None  # unknown: left as it is
+
+
 def test_metadata_limit():
     a = meta.Attr(mode=0o100644, uid=0, gid=0, xattrs={"user.big": b"x" * 1500})
     assert not meta.fits_metadata_limit(a)

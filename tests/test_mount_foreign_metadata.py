@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 
 import pytest
 
@@ -137,3 +138,25 @@ def test_storage_class_option_sets_the_class_of_uploaded_data_only(mounter, sdk,
     # a copy keeps its source's class.
     for key in ("dir/", "link", "moved"):
         assert "x-cos-storage-class" not in stored(sdk, bucket, key), key
+
+
+@pytest.mark.parametrize("options", [[], ["writeback"]])
+def test_a_renamed_file_takes_the_type_of_its_new_name_unless_it_was_set(
+        mounter, sdk, bucket, tmp_path, options):
+    """rsync writes .index.html.XXXXXX and renames it: the object must be text/html
+    (as s3fs-fuse does), while a type another tool chose stays."""
+    src = tmp_path / "site"
+    src.mkdir()
+    (src / "index.html").write_text("<html></html>")
+    (src / "style.css").write_text("body {}")
+    sdk.put_object(Bucket=bucket, Key="notes.txt", Body=b"n", ContentType="text/plain")
+    sdk.put_object(Bucket=bucket, Key="pic.bin", Body=b"p", ContentType="image/png")
+    m = mounter(options)
+    subprocess.run(["rsync", "-a", f"{src}/", f"{m.path}/site/"], check=True)
+    os.rename(m.path / "notes.txt", m.path / "notes.html")
+    os.rename(m.path / "pic.bin", m.path / "pic.dat")
+    m.unmount()
+    types = {k: stored(sdk, bucket, k)["content-type"]
+             for k in ("site/index.html", "site/style.css", "notes.html", "pic.dat")}
+    assert types == {"site/index.html": "text/html", "site/style.css": "text/css",
+                     "notes.html": "text/html", "pic.dat": "image/png"}
