@@ -1216,7 +1216,8 @@ class Namespace:
     async def _move_object(self, src: Inode, old_key: str, new_key: str) -> None:
         await self._settle(src.ino)
         carry = self._take_pending(src.ino)
-        retype = meta.retyped(src.attr.content_type, old_key, new_key, self.guess_type)
+        retype = meta.retyped(src.attr.content_type, old_key, new_key, self.guess_type) \
+            if stat.S_ISREG(src.attr.mode) else None  # a symlink's type means nothing
         try:
             info = await self.copy_object(old_key, new_key, src.attr, carry=carry,
                                           retype=retype)
