@@ -28,6 +28,7 @@ import stat
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cosfs.cos.types import ObjectInfo, is_sendable_metadata
 
@@ -174,16 +175,22 @@ def attr_from_object(info: ObjectInfo, defaults: Defaults, *, is_dir: bool = Fal
         etag=info.etag,
         last_modified=int(info.last_modified),
         appendable=info.appendable,
-        storage_class=info.storage_class,
         xattrs=decode_xattrs(meta["xattr"]) if "xattr" in meta else {},
         mtime_set=parse_mtime(meta.get("mtime", "")) is not None,
         # Without metadata to read, a listing's attributes are the whole truth.
         partial=info.from_listing and defaults.use_metadata,
-        content_type=info.content_type,
-        # Carried even when not read: it is not cosfs's to interpret, or to drop.
-        foreign=foreign_metadata(info.metadata),
-        content_headers=dict(info.content_headers),
+        **kept_by_copies(info),
     )
+
+
+def kept_by_copies(info: ObjectInfo) -> dict[str, Any]:
+    """The Attr fields (by name) holding what a copy that replaces an object's
+    metadata must send again to keep it: other tools' user metadata (carried even
+    when cosfs does not read its own: it is not cosfs's to drop), Content-Type,
+    Cache-Control and the like, storage class."""
+    return {"foreign": foreign_metadata(info.metadata), "content_type": info.content_type,
+            "content_headers": dict(info.content_headers),
+            "storage_class": info.storage_class}
 
 
 def foreign_metadata(meta: dict[str, str]) -> dict[str, str]:

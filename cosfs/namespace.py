@@ -1304,9 +1304,7 @@ class Namespace:
         if attr.content_type or not attr.etag:
             return attr
         info = await self.aclient.head_object(key)
-        return replace(attr, foreign=meta.foreign_metadata(info.metadata),
-                       content_type=info.content_type, storage_class=info.storage_class,
-                       content_headers=dict(info.content_headers))
+        return replace(attr, **meta.kept_by_copies(info))
 
     async def _copy_appendable(self, src_key: str, dst_key: str, attr: Attr) -> str:
         chunk = 64 * 1024**2
