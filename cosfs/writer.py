@@ -811,12 +811,16 @@ class StagedFile:
     async def _open_multipart(self, key: str) -> _Multipart:
         async with self._mp_lock:
             if self._mp is None or self._mp.key != key:
+                # What the upload starts with, taken before the request: a chmod
+                # arriving while it is sent must still count as a change (its
+                # completion then fixes the metadata with a copy).
+                metadata, content_type = dict(self.metadata), self.content_type
                 upload_id = await self._cache.client.create_multipart_upload(
-                    key, content_type=self.content_type, metadata=self.metadata,
+                    key, content_type=content_type, metadata=metadata,
                     storage_class=self._t.storage_class)
                 record_id = self._record.id if self._record is not None else None
                 self._cache.journal.add_upload(upload_id, key, record_id)
-                mp = _Multipart(upload_id, key, dict(self.metadata), self.content_type)
+                mp = _Multipart(upload_id, key, metadata, content_type)
                 if self._discarded or key != self._key:  # unlinked or renamed meanwhile
                     self._cache.tasks.spawn(self._abort, mp)
                     raise OSError(errno.ESTALE, f"{key!r} was renamed or removed")

@@ -436,3 +436,23 @@ def test_listing_attrs_stores_changes_and_lists_the_defaults(mounter, client):
         0o666 & ~0o022, int(client.head_object("f").last_modified))
     assert stat.S_ISREG(os.lstat(m.path / "l").st_mode)
     assert (m.path / "l").read_bytes() == b"f" and p.read_bytes() == b"data"
+
+
+def test_a_chmod_while_a_multipart_upload_is_being_started_is_not_lost(
+        mounter, client, cos_server):
+    """The upload's metadata was recorded after its Initiate request returned, so a
+    chmod that came while it was sent looked already carried: no fix-up copy, and
+    the object kept the old mode."""
+    m = mounter(["multipart_size=1"])
+    cos_server.set_faults("InitiateMultipartUpload", latency_ms=1500)
+    try:
+        fd = os.open(m.path / "big", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, os.urandom(3 << 20))  # the first full part starts the upload
+            time.sleep(0.5)  # its Initiate is on the wire
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+    finally:
+        cos_server.clear_faults()
+    assert int(head_meta(client, "big")["mode"]) == stat.S_IFREG | 0o600
