@@ -839,15 +839,13 @@ class Namespace:
         (None: not known)."""
         if info is None:
             return
+        # A new object: what the old one had besides its metadata is gone, and a
+        # later metadata copy must not bring it back.
+        inode.attr = replace(inode.attr, **meta.kept_by_copies(info))
         inode.attr.etag = info.etag
         inode.attr.size = info.size
         inode.attr.appendable = info.appendable
         inode.attr.last_modified = int(info.last_modified)
-        # A new object: what the old one had besides its metadata is gone, and a
-        # later metadata copy must not bring it back.
-        inode.attr.storage_class = info.storage_class
-        inode.attr.content_headers = dict(info.content_headers)
-        inode.attr.content_type = info.content_type
         if not inode.attr.mtime_set and info.last_modified:
             # What a remount will show: the object's Last-Modified.
             inode.attr.mtime_ns = int(info.last_modified * 1_000_000_000)
