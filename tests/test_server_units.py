@@ -418,17 +418,19 @@ def test_operation_names(method, key, query, copy, expected):
 def test_fault_fields_fall_back_to_star_and_default_errors_alternate():
     table = FaultTable()
     table.set(*parse_fault({"op": "*", "latency_ms": 5}))
-    table.set(*parse_fault({"op": "GetObject", "error_rate": 1.0}))
+    table.set(*parse_fault({"op": "GetObject", "error_rate": 1.0, "answer_latency_ms": 7}))
     statuses = [table.decide("GetObject").error_status for _ in range(4)]
     assert sorted(set(statuses)) == [500, 503]
     assert table.decide("GetObject").latency_s == pytest.approx(0.005)
+    assert table.decide("GetObject").answer_latency_s == pytest.approx(0.007)
+    assert table.decide("PutObject").answer_latency_s == 0
     assert table.decide("PutObject").error_status is None
     table.set(*parse_fault({"op": "GetObject", "error_status": 404}))
     assert table.decide("GetObject").error_status == 404
     table.clear()
     assert table.decide("GetObject") == table.decide("HeadObject")
     for bad in ({"op": "Nope"}, {"error_rate": 2}, {"error_status": 200}, {"latency_ms": -1},
-                {"typo": 1}):
+                {"answer_latency_ms": True}, {"typo": 1}):
         with pytest.raises(ValueError):
             parse_fault(bad)
 

@@ -23,17 +23,20 @@ class Fault:
     error_rate: float | None = None
     error_status: int | None = None
     drop_rate: float | None = None
-    latency_ms: float | None = None
+    latency_ms: float | None = None  # before the request is served
+    answer_latency_ms: float | None = None  # after: it is served at once, answered late
 
 
 @dataclass(frozen=True)
 class Decision:
     """What to do to one request: wait, then fail with ``error_status`` or cut the
-    connection mid-body (``drop``), or neither."""
+    connection mid-body (``drop``), or neither; and how long to hold the answer back
+    once the request has been served."""
 
     latency_s: float = 0.0
     error_status: int | None = None
     drop: bool = False
+    answer_latency_s: float = 0.0
 
 
 def _check_rate(name: str, value: object) -> float:
@@ -62,11 +65,13 @@ def parse_fault(settings: dict) -> tuple[str, Fault]:
         if not isinstance(status, int) or not 400 <= status <= 599:
             raise ValueError("error_status must be an HTTP error status (400..599)")
         fault.error_status = status
-    latency = settings.get("latency_ms")
-    if latency is not None:
-        if not isinstance(latency, int | float) or isinstance(latency, bool) or latency < 0:
-            raise ValueError("latency_ms must be a number >= 0")
-        fault.latency_ms = float(latency)
+    for name in ("latency_ms", "answer_latency_ms"):
+        latency = settings.get(name)
+        if latency is not None:
+            if not isinstance(latency, int | float) or isinstance(latency, bool) \
+                    or latency < 0:
+                raise ValueError(f"{name} must be a number >= 0")
+            setattr(fault, name, float(latency))
     return op, fault
 
 
@@ -117,7 +122,8 @@ class FaultTable:
                     status = self._next_default_status
                     self._next_default_status = 1003 - status  # 500 <-> 503
             drop = status is None and bool(fault.drop_rate) and random.random() < fault.drop_rate
-            return Decision((fault.latency_ms or 0.0) / 1000.0, status, drop)
+            return Decision((fault.latency_ms or 0.0) / 1000.0, status, drop,
+                            (fault.answer_latency_ms or 0.0) / 1000.0)
 
 
 @dataclass

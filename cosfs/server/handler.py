@@ -253,9 +253,12 @@ class Exchange:
         try:
             req = Request(self.method, target, query, self.h.headers, body, self.host,
                           auth.scheme, self.request_id)
-            return OPERATIONS[self.op](self.server.context, req)
+            response = OPERATIONS[self.op](self.server.context, req)
         finally:
             body.close()
+        if decision.answer_latency_s:
+            time.sleep(decision.answer_latency_s)  # served; the answer is on its way
+        return response
 
     def _view(self, target: Target, query_pairs: list[tuple[str, str]]) -> RequestView:
         paths = [decode_path(self.raw_path)]
