@@ -234,7 +234,10 @@ def build_tunings(args: MountArgs) -> tuple[tuning.Tuning, MetaTuning]:
         upload_prefix=names.dir_prefix(names.normalize_root(args.prefix)),
     )
     ttl = float(args.stat_cache_expire)  # type: ignore[arg-type]
-    metat = MetaTuning(ttl=ttl, negative_ttl=ttl,
+    # A listing's HEADs may take three quarters of the request slots: reads and
+    # uploads running meanwhile keep the rest.
+    fill = max(1, int(args.max_requests) * 3 // 4)  # type: ignore[call-overload]
+    metat = MetaTuning(ttl=ttl, negative_ttl=ttl, fill_parallel=fill,
                        max_cached=int(args.max_stat_cache_size))  # type: ignore[call-overload]
     return data, metat
 

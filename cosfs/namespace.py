@@ -41,11 +41,12 @@ Concurrency
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -122,12 +123,14 @@ class MetaTuning:
     negative_ttl: float = 10.0
     max_cached: int = 100_000  # entries in the attribute and listing caches
     head_parallel: int = 64  # copies in flight while renaming a directory
-    fill_parallel: int = 16  # background HEADs (LISTs) completing a listing's entries
+    fill_parallel: int = 24  # background HEADs (LISTs) completing a listing's entries
     fill_chunk: int = 8  # most files whose HEADs one worker-thread call sends in turn
     fill_window: int = 32  # siblings the first completion in a directory fetches ahead;
     fill_window_max: int = 1024  # doubled by each later one, up to this
     probe_keys: int = 200  # keys a directory's completion LIST asks for (kept as its
     #                        listing when that is all of it)
+    walk_window: int = 2  # sibling directories a walk's first readdir readies ahead;
+    walk_window_max: int = 32  # doubled by each later one, up to this
     meta_delay: float = 1.0  # seconds a closed file's chmod/chown/utime may wait for
     #                          company (0: stored at once)
 
@@ -151,6 +154,27 @@ class _FillPlan:
     order: dict[bool, list[int]]  # is_dir -> inode numbers
     pos: dict[int, int]  # inode number -> index in its kind's list
     window: int
+
+
+@dataclass(eq=False)
+class _ListingFetch:
+    """A LIST of one directory under way, whose answer may become its listing: the
+    changes this mount made to the directory meanwhile, to apply to the answer (the
+    server may have served it before or after each of them)."""
+
+    changes: dict[str, DirEntry | None] = field(default_factory=dict)
+    void: bool = False  # the directory moved or went: the answer is not to be kept
+
+
+@dataclass
+class _WalkPlan:
+    """The subdirectories of one listed directory, in listing order, and how far a
+    walk through them (``find``, ``du``, ``rsync``) has been readied ahead."""
+
+    order: list[int]  # inode numbers
+    pos: dict[int, int]  # inode number -> index in ``order``
+    readied: int = 0  # ``order[:readied]`` have been readied or read
+    window: int = 0
 
 
 class Namespace:
@@ -187,6 +211,7 @@ class Namespace:
         self._listed_size: cachetools.LRUCache = cachetools.LRUCache(
             max(1, self.tuning.max_cached // 100))
         self._relisting: dict[int, trio.Event] = {}
+        self._fetches: dict[int, set[_ListingFetch]] = {}  # dir ino -> LISTs under way
         # key -> (etag, Attr): attributes of unchanged objects never need a second HEAD.
         self.object_attrs: cachetools.LRUCache = cachetools.LRUCache(self.tuning.max_cached)
         self.rename_lock = trio.Lock()
@@ -196,6 +221,10 @@ class Namespace:
         self._plans: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._fill_limit = trio.CapacityLimiter(self.tuning.fill_parallel)
         self._fill_tasks = TaskSet("attrs")
+        # Readdir-ahead of a walk (see ``_walk_ahead``): per listed directory its
+        # subdirectories, and the directories being readied in the background.
+        self._walks: cachetools.LRUCache = cachetools.LRUCache(1024)
+        self._readying: dict[int, trio.Event] = {}
         # Deferred metadata (see ``defer_attr``): inode -> what its object must get,
         # and the inodes whose self-copy is under way.
         self.journal: Journal | None = None  # set by the mount: makes them survive a crash
@@ -302,8 +331,52 @@ class Namespace:
         self.listings[ino] = listing
         self._listed_size[ino] = len(listing.entries)
 
+    @contextlib.contextmanager
+    def _listing_fetch(self, ino: int) -> Iterator[_ListingFetch]:
+        """Around a LIST of directory ``ino`` whose answer may be kept: records our
+        changes to the directory while it is under way (see ``_fetched``)."""
+        fetch = _ListingFetch()
+        self._fetches.setdefault(ino, set()).add(fetch)
+        try:
+            yield fetch
+        finally:
+            running = self._fetches[ino]
+            running.discard(fetch)
+            if not running:
+                del self._fetches[ino]
+
+    def _fetched(self, ino: int, listing: Listing, fetch: _ListingFetch) -> bool:
+        """Bring ``listing``, the answer of ``fetch``, up to date with the changes
+        made while it was under way, and keep it as the listing of ``ino``
+        (False: it is not to be kept)."""
+        if fetch.void or not self._cache_on:
+            return False
+        for name, entry in fetch.changes.items():
+            if entry is None:
+                listing.entries.pop(name, None)
+            else:
+                listing.entries[name] = entry
+        self._keep_listing(ino, listing)
+        return True
+
+    def _forget_listing(self, ino: int | None) -> None:
+        """Drop the listing of directory ``ino`` (None: of every directory), and
+        the answers of LISTs of it under way."""
+        if ino is None:
+            self.listings.clear()
+            fetches: Iterable[set[_ListingFetch]] = self._fetches.values()
+        else:
+            self.listings.pop(ino, None)
+            fetches = [self._fetches.get(ino, set())]
+        for running in fetches:
+            for fetch in running:
+                fetch.void = True
+
     def _note_change(self, parent: Inode, name: str, entry: DirEntry | None) -> None:
-        """Keep a cached listing of ``parent`` true after our own change."""
+        """Keep a cached listing of ``parent`` true after our own change, and the
+        answers of LISTs of it under way."""
+        for fetch in self._fetches.get(parent.ino, ()):
+            fetch.changes[name] = entry
         listing = self.listings.get(parent.ino)
         if listing is None:
             return
@@ -577,19 +650,11 @@ class Namespace:
         has_marker = False
         attr: Attr | None = None
         if inode.is_dir():
-            prefix = key + "/"
-            page = await self.aclient.list_objects(prefix=prefix, delimiter="/",
-                                                   max_keys=self.tuning.probe_keys)
+            page = await self._probe(inode)
             if page.contents or page.common_prefixes:
-                has_marker = bool(page.contents) and page.contents[0].key == prefix
+                has_marker = bool(page.contents) and page.contents[0].key == key + "/"
                 attr = await self._marker_attr(key, page.contents[0]) if has_marker \
                     else meta.implicit_dir_attr(self.defaults, time.time_ns())
-                if not page.is_truncated and self._cache_on \
-                        and self.listings.get(inode.ino) is None:
-                    # All of it: the readdir that usually follows needs no request.
-                    listing = Listing()
-                    self._add_page(listing, prefix, page)
-                    self._keep_listing(inode.ino, listing)
         else:
             try:
                 attr = self._file_attr(await self.aclient.head_object(key))
@@ -642,6 +707,10 @@ class Namespace:
         parent = self.get(ino)
         if not parent.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
+        self._walk_ahead(parent)
+        readying = self._readying.get(ino)
+        if readying is not None:
+            await readying.wait()  # its listing and HEADs are on their way
         listing = self.listings.get(ino)
         if listing is None:
             listing = await self._fetch_listing(parent)
@@ -667,6 +736,9 @@ class Namespace:
                 pos[inode.ino] = len(kind)
                 kind.append(inode.ino)
             self._plans[ino] = _FillPlan(order, pos, self.tuning.fill_window)
+        subdirs = [inode.ino for _, inode in result if inode.is_dir()]
+        if subdirs and self._cache_on:
+            self._walks[ino] = _WalkPlan(subdirs, {d: i for i, d in enumerate(subdirs)})
         # New files not yet uploaded are part of the directory too.
         listed = {n for n, _ in result}
         for (p, name), cino in list(self.children.items()):
@@ -677,11 +749,26 @@ class Namespace:
     async def _fetch_listing(self, parent: Inode) -> Listing:
         prefix = names.dir_prefix(self.key_of(parent))
         listing = Listing()
-        async for page in self.aclient.list_pages(prefix, delimiter="/"):
-            self._add_page(listing, prefix, page)
-        if self._cache_on:
-            self._keep_listing(parent.ino, listing)
+        with self._listing_fetch(parent.ino) as fetch:
+            async for page in self.aclient.list_pages(prefix, delimiter="/"):
+                self._add_page(listing, prefix, page)
+        self._fetched(parent.ino, listing, fetch)
         return listing
+
+    async def _probe(self, inode: Inode) -> ListPage:
+        """The LIST of the first ``probe_keys`` keys of directory ``inode``: when
+        that is all of it, kept as its listing (unless a newer one is kept), so the
+        readdir that usually follows a directory's completion needs no request."""
+        prefix = names.dir_prefix(self.key_of(inode))
+        with self._listing_fetch(inode.ino) as fetch:
+            page = await self.aclient.list_objects(prefix=prefix, delimiter="/",
+                                                   max_keys=self.tuning.probe_keys)
+        if not page.is_truncated and (page.contents or page.common_prefixes) \
+                and self.listings.get(inode.ino) is None:
+            listing = Listing()
+            self._add_page(listing, prefix, page)
+            self._fetched(inode.ino, listing, fetch)
+        return page
 
     @staticmethod
     def _add_page(listing: Listing, prefix: str, page: ListPage) -> None:
@@ -695,6 +782,88 @@ class Namespace:
                 continue
             if name not in listing.entries:  # a directory of that name wins
                 listing.entries[name] = DirEntry(name, False, info)
+
+    # -- readdir-ahead of a walk ------------------------------------------------------
+
+    def _walk_ahead(self, inode: Inode) -> None:
+        """``inode`` is about to be read by readdir: when it is a subdirectory of a
+        directory read before, this is a walk (``find``, ``du``, ``rsync``, ``tar``
+        read every subdirectory in listing order), so ready the siblings that
+        follow it in the background: each one's listing, and the HEADs its
+        ``readdir`` would wait for (objects that may be symlinks). A window that
+        starts at ``walk_window`` and doubles with each readdir in the directory.
+        Against a distant endpoint a walk then waits for one directory per level
+        instead of one per directory; ``ls -l``, which reads no subdirectory, costs
+        nothing more."""
+        plan: _WalkPlan | None = self._walks.get(inode.parent)
+        pos = plan.pos.get(inode.ino) if plan is not None else None
+        if plan is None or pos is None or inode.ino == ROOT_INODE:
+            return
+        plan.window = min(plan.window * 2, self.tuning.walk_window_max) if plan.window \
+            else self.tuning.walk_window
+        start = max(pos + 1, plan.readied)
+        plan.readied = max(plan.readied, pos + 1 + plan.window)
+        for ino in plan.order[start:plan.readied]:
+            node = self.inodes.get(ino)
+            if node is None or not node.is_dir() or ino in self._readying:
+                continue
+            self._readying[ino] = trio.Event()
+            self._fill_tasks.spawn(self._ready_dir, node)
+
+    async def _ready_dir(self, inode: Inode) -> None:
+        """Background: what ``list_dir(inode)`` will need, so it sends nothing: its
+        listing (the LIST of its first ``probe_keys`` keys, which also completes
+        its attributes, when that is all of it) and the attributes of the
+        objects it must HEAD (kept in ``object_attrs``, checked against the
+        listing when used). A failure is left to the readdir, which asks again."""
+        done = self._readying[inode.ino]
+        try:
+            if inode.attr.partial:
+                await self.complete(inode)
+            if self.listings.get(inode.ino) is None:
+                async with self._fill_limit:
+                    await self._probe(inode)
+            listing = self.listings.get(inode.ino)
+            if listing is None:
+                return  # more than one page, or gone: left to the readdir
+            todo = [e.info.key for e in listing.entries.values()
+                    if e.info is not None and self._needs_head(inode, e)]
+            if todo:
+                async with trio.open_nursery() as nursery:
+                    for chunk in chunked(todo, self.tuning.fill_parallel,
+                                         self.tuning.fill_chunk):
+                        nursery.start_soon(self._head_into_cache, chunk)
+        except (CosError, OSError) as exc:
+            log.debug("reading ahead %s: %s", self.path_of(inode), exc)
+        finally:
+            if self._readying.get(inode.ino) is done:
+                del self._readying[inode.ino]
+            done.set()
+
+    async def _head_into_cache(self, keys: list[str]) -> None:
+        try:
+            async with self._fill_limit:
+                found = await self.aclient.head_objects(keys)
+        except (CosError, OSError) as exc:
+            log.debug("reading ahead %s: %s", keys[0], exc)
+            return
+        for got in found:
+            if not isinstance(got, CosError):
+                self._file_attr(got)  # into object_attrs
+            elif got.status != 404:
+                log.debug("reading ahead: %s", got)
+
+    def _needs_head(self, parent: Inode, e: DirEntry) -> bool:
+        """Whether binding file entry ``e`` of ``parent`` needs its HEAD first (see
+        ``_bind_entry``)."""
+        assert e.info is not None
+        inode = self.child(parent.ino, e.name)
+        if inode is not None and self._still_valid(inode, e):
+            return False
+        cached = self.object_attrs.get(e.info.key)
+        if cached is not None and meta.same_object(cached[1], e.info):
+            return False
+        return self.defaults.use_metadata and meta.may_be_symlink(e.info.size)
 
     def _still_valid(self, inode: Inode, e: DirEntry) -> bool:
         if self._authoritative(inode):
@@ -821,7 +990,7 @@ class Namespace:
         inode = self._attach(parent, name, attr)
         inode.symlink_target = target
         self._note_change(parent, name, None)
-        self.listings.pop(parent.ino, None)
+        self._forget_listing(parent.ino)
         return inode
 
     async def readlink(self, ino: int) -> str:
@@ -897,7 +1066,7 @@ class Namespace:
         self._drop_pending(inode.ino)  # a later copy would find no marker
         await self.aclient.delete_object(self.key_of(inode) + "/")
         self._detach(parent_ino, name)
-        self.listings.pop(inode.ino, None)
+        self._forget_listing(inode.ino)
         self._note_change(parent, name, None)
         if self._cache_on:
             self.negative[(parent_ino, name)] = True
@@ -1205,7 +1374,7 @@ class Namespace:
         if src.is_dir():
             self._note_change(dst_parent, new_name, DirEntry(new_name, True))
             # Listings under a moved directory speak of old keys.
-            self.listings.clear()
+            self._forget_listing(None)
         else:
             # The destination's listing stays complete, so the lookups of names
             # that do not exist there (rsync's next temporary file) cost nothing.

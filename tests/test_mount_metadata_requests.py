@@ -456,3 +456,79 @@ def test_a_chmod_while_a_multipart_upload_is_being_started_is_not_lost(
     finally:
         cos_server.clear_faults()
     assert int(head_meta(client, "big")["mode"]) == stat.S_IFREG | 0o600
+
+
+def test_a_file_made_while_its_directory_is_being_listed_is_listed(
+        mounter, client, cos_server):
+    """A listing that left the server before a file of ours was uploaded into the
+    directory does not describe it: it is not kept as the directory's listing, so
+    readdir shows the file afterwards. (Here the listing is the readdir-ahead of a
+    walk: reading p/a readies its sibling p/b in the background.)"""
+    client.put_object("p/a/x", b"x" * 5000)
+    client.put_object("p/b/x", b"x" * 5000)
+    m = mounter()
+    p = m.path / "p"
+    assert not (p / "b" / "new").exists()  # known absent: creating it sends no LIST
+    assert sorted(os.listdir(p)) == ["a", "b"]
+    os.stat(p / "a")  # a's listing is kept: reading it sends nothing
+    # LISTs are served at once, answered late: p/b's will not show p/b/new.
+    cos_server.set_faults("ListObjects", answer_latency_ms=1500)
+    try:
+        assert os.listdir(p / "a") == ["x"]  # a walk: p/b's LIST leaves now
+        (p / "b" / "new").write_bytes(b"n")  # uploaded before that LIST answers
+        time.sleep(2)
+    finally:
+        cos_server.clear_faults()
+    assert sorted(os.listdir(p / "b")) == ["new", "x"]
+
+
+def test_a_walk_readies_the_next_directories_in_the_background(
+        mounter, client, cos_server):
+    """Reading one subdirectory of a directory read before readies the following
+    ones (their listings and the HEADs their readdir needs) in the background, so
+    reading them sends nothing, and every object is still HEADed once, typed
+    right (a symlink among small files) and shown with its metadata."""
+    for d in range(4):
+        for f in range(3):
+            client.put_object(f"p/d{d}/f{f}", b"s" * 100,
+                              metadata=COSFS_FILE if f == 1 else None)
+    client.put_object("p/d3/link", b"d0/f0", metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    m = mounter()
+    p = m.path / "p"
+    assert sorted(os.listdir(p)) == ["d0", "d1", "d2", "d3"]
+    cos_server.reset_stats()
+    assert sorted(os.listdir(p / "d0")) == ["f0", "f1", "f2"]
+    assert sorted(os.listdir(p / "d1")) == ["f0", "f1", "f2"]
+    time.sleep(1)  # what these readied settles
+    total = ops(cos_server)
+    cos_server.reset_stats()
+    assert sorted(os.listdir(p / "d2")) == ["f0", "f1", "f2"]
+    assert sorted(os.listdir(p / "d3")) == ["f0", "f1", "f2", "link"]
+    assert ops(cos_server) == {}  # readied ahead
+    assert total.get("HeadObject", 0) == 13  # each object once
+    assert total.get("ListObjects", 0) <= 4  # each directory once
+    assert run("find", str(p), "-type", "l").split() == [str(p / "d3" / "link")]
+    assert os.readlink(p / "d3" / "link") == "d0/f0"
+    st = os.stat(p / "d2" / "f1")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 567)
+
+
+def test_reading_one_directory_readies_nothing_else(mounter, client, cos_server):
+    """A readdir that is not part of a walk (its parent was not read) and ls -l of a
+    directory (no subdirectory is read) cost no request for other directories."""
+    for d in range(3):
+        client.put_object(f"q/d{d}/f", b"s" * 100)
+    m = mounter()
+    cos_server.reset_stats()
+    assert os.listdir(m.path / "q" / "d0") == ["f"]
+    time.sleep(0.5)
+    counts = ops(cos_server)
+    assert counts.get("HeadObject", 0) <= 3  # q and d0 (directories: 404s), d0/f
+    assert counts.get("ListObjects", 0) <= 3  # q's lookup, d0's lookup and listing
+    m.remount()
+    cos_server.reset_stats()
+    run("ls", "-l", str(m.path / "q"))
+    time.sleep(0.5)
+    counts = ops(cos_server)
+    assert counts.get("HeadObject", 0) <= 1  # q: a 404
+    assert counts.get("ListObjects", 0) <= 5  # q's lookup and listing, each d's
