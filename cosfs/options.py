@@ -86,7 +86,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("readwrite_timeout", "float", 60.0, "seconds without data before a request fails",
         "readwrite_timeout (120)"),
     Opt("retries", "int", 5, "retries of a failed request", "retries (5)"),
-    Opt("max_requests", "int", 32, "HTTP requests in flight at once", ""),
+    Opt("max_requests", "int", 64, "HTTP requests in flight at once", ""),
     Opt("ca_bundle", "path", None, "CA certificates file for TLS", "s3fs: ssl CA env"),
     Opt("no_check_certificate", "flag", False, "do not verify TLS certificates (unsafe)",
         "no_check_certificate (same)"),
