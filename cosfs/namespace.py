@@ -707,7 +707,7 @@ class Namespace:
         parent = self.get(ino)
         if not parent.is_dir():
             raise OSError(errno.ENOTDIR, "not a directory")
-        self._walk_ahead(parent)
+        walking = self._walk_ahead(parent)
         readying = self._readying.get(ino)
         if readying is not None:
             await readying.wait()  # its listing and HEADs are on their way
@@ -738,7 +738,10 @@ class Namespace:
             self._plans[ino] = _FillPlan(order, pos, self.tuning.fill_window)
         subdirs = [inode.ino for _, inode in result if inode.is_dir()]
         if subdirs and self._cache_on:
-            self._walks[ino] = _WalkPlan(subdirs, {d: i for i, d in enumerate(subdirs)})
+            plan = self._walks[ino] = _WalkPlan(subdirs,
+                                                {d: i for i, d in enumerate(subdirs)})
+            if walking:  # a walk goes down into the first of them next
+                self._ready_ahead(plan, 0, self.tuning.walk_window)
         # New files not yet uploaded are part of the directory too.
         listed = {n for n, _ in result}
         for (p, name), cino in list(self.children.items()):
@@ -785,25 +788,32 @@ class Namespace:
 
     # -- readdir-ahead of a walk ------------------------------------------------------
 
-    def _walk_ahead(self, inode: Inode) -> None:
+    def _walk_ahead(self, inode: Inode) -> bool:
         """``inode`` is about to be read by readdir: when it is a subdirectory of a
         directory read before, this is a walk (``find``, ``du``, ``rsync``, ``tar``
-        read every subdirectory in listing order), so ready the siblings that
-        follow it in the background: each one's listing, and the HEADs its
-        ``readdir`` would wait for (objects that may be symlinks). A window that
-        starts at ``walk_window`` and doubles with each readdir in the directory.
-        Against a distant endpoint a walk then waits for one directory per level
-        instead of one per directory; ``ls -l``, which reads no subdirectory, costs
-        nothing more."""
+        read every subdirectory in listing order, depth first), so ready the
+        siblings that follow it in the background: each one's listing, and the
+        HEADs its ``readdir`` would wait for (objects that may be symlinks). A
+        window that starts at ``walk_window`` and doubles with each readdir in the
+        directory; ``list_dir`` readies the first subdirectories of ``inode`` too,
+        where the walk goes next. Against a distant endpoint a walk then seldom
+        waits for a directory; ``ls -l``, which reads no subdirectory, costs
+        nothing more. Returns whether this is a walk."""
         plan: _WalkPlan | None = self._walks.get(inode.parent)
         pos = plan.pos.get(inode.ino) if plan is not None else None
         if plan is None or pos is None or inode.ino == ROOT_INODE:
-            return
+            return False
         plan.window = min(plan.window * 2, self.tuning.walk_window_max) if plan.window \
             else self.tuning.walk_window
-        start = max(pos + 1, plan.readied)
-        plan.readied = max(plan.readied, pos + 1 + plan.window)
-        for ino in plan.order[start:plan.readied]:
+        self._ready_ahead(plan, pos + 1, plan.window)
+        return True
+
+    def _ready_ahead(self, plan: _WalkPlan, start: int, count: int) -> None:
+        """Ready ``count`` directories of ``plan`` from index ``start`` on in the
+        background, but none twice."""
+        first = max(start, plan.readied)
+        plan.readied = max(plan.readied, start + count)
+        for ino in plan.order[first:plan.readied]:
             node = self.inodes.get(ino)
             if node is None or not node.is_dir() or ino in self._readying:
                 continue

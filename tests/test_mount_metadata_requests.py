@@ -513,6 +513,23 @@ def test_a_walk_readies_the_next_directories_in_the_background(
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 567)
 
 
+def test_a_walk_readies_the_first_subdirectories_of_what_it_reads(
+        mounter, client, cos_server):
+    """A walk is depth first: reading p/a as part of one readies p/a's first
+    subdirectories too, so going down into them sends nothing."""
+    for sub in ("a/s0", "a/s1", "b"):
+        client.put_object(f"p/{sub}/f", b"s" * 100)
+    m = mounter()
+    p = m.path / "p"
+    assert sorted(os.listdir(p)) == ["a", "b"]
+    assert sorted(os.listdir(p / "a")) == ["s0", "s1"]  # a walk: p's listing was read
+    time.sleep(1)  # what it readied settles
+    cos_server.reset_stats()
+    assert os.listdir(p / "a" / "s0") == ["f"]
+    assert os.listdir(p / "a" / "s1") == ["f"]
+    assert ops(cos_server) == {}
+
+
 def test_reading_one_directory_readies_nothing_else(mounter, client, cos_server):
     """A readdir that is not part of a walk (its parent was not read) and ls -l of a
     directory (no subdirectory is read) cost no request for other directories."""
