@@ -37,6 +37,11 @@ Concurrency
     rename, which holds ``rename_lock`` so two renames never interleave their
     copy/delete phases. (A renamed file's old key is deleted in the background;
     ``AsyncClient`` holds back every request naming it until then.)
+    Background tasks (``_fill_tasks``) complete listed entries and ready the
+    directories a walk reads next; a readdir waits for the readying of its
+    directory (``_readying``) rather than asking again. A LIST whose answer may
+    be kept as a listing is registered in ``_fetches`` while under way, so our
+    changes meanwhile are replayed onto its answer (or void it).
 """
 
 from __future__ import annotations
@@ -124,6 +129,7 @@ class MetaTuning:
     max_cached: int = 100_000  # entries in the attribute and listing caches
     head_parallel: int = 64  # copies in flight while renaming a directory
     fill_parallel: int = 24  # background HEADs (LISTs) completing a listing's entries
+    #                          (the mount gives them 3/4 of max_requests)
     fill_chunk: int = 8  # most files whose HEADs one worker-thread call sends in turn
     fill_window: int = 32  # siblings the first completion in a directory fetches ahead;
     fill_window_max: int = 1024  # doubled by each later one, up to this
