@@ -162,6 +162,18 @@ class _FillPlan:
     window: int
 
 
+@dataclass
+class _LookupPlan:
+    """The files of one listing in listing order, and how far the HEADs sent
+    ahead of lookups by name reach (see ``Namespace._lookup_ahead``)."""
+
+    listing: Listing
+    order: list[str]  # names
+    pos: dict[str, int]  # name -> index in ``order``
+    window: int
+    readied: int = 0  # ``order[:readied]`` have been sent ahead or looked up
+
+
 @dataclass(eq=False)
 class _ListingFetch:
     """A LIST of one directory under way, whose answer may become its listing: the
@@ -231,6 +243,11 @@ class Namespace:
         # subdirectories, and the directories being readied in the background.
         self._walks: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._readying: dict[int, trio.Event] = {}
+        # Lookup-ahead (see ``_lookup_ahead``): lookups of names in directories never
+        # listed, per directory; the plan of each listed one; the keys being HEADed.
+        self._unlisted_lookups: cachetools.LRUCache = cachetools.LRUCache(1024)
+        self._lookup_plans: cachetools.LRUCache = cachetools.LRUCache(1024)
+        self._heading: dict[str, trio.Event] = {}
         # Deferred metadata (see ``defer_attr``): inode -> what its object must get,
         # and the inodes whose self-copy is under way.
         self.journal: Journal | None = None  # set by the mount: makes them survive a crash
@@ -433,6 +450,10 @@ class Namespace:
             raise OSError(errno.ENOENT, "no such file or directory")
         if inode is not None and not inode.is_dir():
             return await self._revalidate_file(parent, inode)
+        if listing is not None and inode is None:
+            cached = await self._lookup_listed(parent, listing, name)
+            if cached is not None:
+                return cached
         return await self._lookup_remote(parent, name)
 
     async def _relist_small(self, parent: Inode) -> None:
@@ -442,9 +463,20 @@ class Namespace:
         A lookup of a new name costs a HEAD and a LIST once the directory's listing
         has expired; a long copy into one directory would pay both for every file.
         Listing a small directory again answers all of them for another TTL.
+        A directory never listed is listed at the second name looked up in it
+        (its first page: kept when that is all of it), so a run of lookups, as
+        rsync's ``lstat`` of every file it may send, is answered from the listing
+        and the HEADs it sends ahead (see ``_lookup_ahead``).
         Concurrent lookups in the directory share one LIST."""
-        if not self._cache_on or self._listed_size.get(parent.ino, RELIST_MAX + 1) \
-                > RELIST_MAX:
+        if not self._cache_on:
+            return
+        size = self._listed_size.get(parent.ino)
+        if size is None:
+            seen = self._unlisted_lookups.get(parent.ino, 0) + 1
+            self._unlisted_lookups[parent.ino] = seen
+            if seen < 2:
+                return
+        elif size > RELIST_MAX:
             return
         running = self._relisting.get(parent.ino)
         if running is not None:
@@ -452,7 +484,12 @@ class Namespace:
             return
         done = self._relisting[parent.ino] = trio.Event()
         try:
-            await self._fetch_listing(parent)
+            if size is None:
+                page = await self._probe(parent, RELIST_MAX)
+                if page.is_truncated:
+                    self._listed_size[parent.ino] = RELIST_MAX + 1  # ask no more
+            else:
+                await self._fetch_listing(parent)
         finally:
             del self._relisting[parent.ino]
             done.set()
@@ -764,14 +801,15 @@ class Namespace:
         self._fetched(parent.ino, listing, fetch)
         return listing
 
-    async def _probe(self, inode: Inode) -> ListPage:
-        """The LIST of the first ``probe_keys`` keys of directory ``inode``: when
+    async def _probe(self, inode: Inode, max_keys: int | None = None) -> ListPage:
+        """The LIST of the first ``max_keys`` (``probe_keys``) keys of directory
+        ``inode``: when
         that is all of it, kept as its listing (unless a newer one is kept), so the
         readdir that usually follows a directory's completion needs no request."""
         prefix = names.dir_prefix(self.key_of(inode))
         with self._listing_fetch(inode.ino) as fetch:
-            page = await self.aclient.list_objects(prefix=prefix, delimiter="/",
-                                                   max_keys=self.tuning.probe_keys)
+            page = await self.aclient.list_objects(
+                prefix=prefix, delimiter="/", max_keys=max_keys or self.tuning.probe_keys)
         if not page.is_truncated and (page.contents or page.common_prefixes) \
                 and self.listings.get(inode.ino) is None:
             listing = Listing()
@@ -857,17 +895,81 @@ class Namespace:
             done.set()
 
     async def _head_into_cache(self, keys: list[str]) -> None:
+        """Background: HEAD ``keys`` into ``object_attrs``; a lookup of one of
+        them meanwhile waits for its answer (see ``_heading``)."""
+        keys = [k for k in keys if k not in self._heading]
+        if not keys:
+            return
+        events = {k: trio.Event() for k in keys}
+        self._heading.update(events)
         try:
             async with self._fill_limit:
                 found = await self.aclient.head_objects(keys)
         except (CosError, OSError) as exc:
-            log.debug("reading ahead %s: %s", keys[0], exc)
+            log.debug("reading ahead %s: %s", keys[0] if keys else "", exc)
             return
+        finally:
+            for k, event in events.items():
+                if self._heading.get(k) is event:
+                    del self._heading[k]
+                event.set()
         for got in found:
             if not isinstance(got, CosError):
                 self._file_attr(got)  # into object_attrs
             elif got.status != 404:
                 log.debug("reading ahead: %s", got)
+
+    # -- lookup-ahead -------------------------------------------------------------------
+
+    async def _lookup_listed(self, parent: Inode, listing: Listing,
+                             name: str) -> Inode | None:
+        """``name``, listed in ``parent``'s fresh listing and bound to no inode,
+        from the attribute cache when it holds the listed object (a HEAD sent
+        ahead, awaited if under way); None when only a request can tell. Sends
+        the HEADs of the names that follow it in the listing ahead."""
+        e = listing.entries.get(name)
+        if e is None or e.info is None:
+            return None  # a directory: its lookup needs no HEAD of a file
+        self._lookup_ahead(parent, listing, name)
+        running = self._heading.get(e.info.key)
+        if running is not None:
+            await running.wait()
+        cached = self.object_attrs.get(e.info.key)
+        if cached is None or not meta.same_object(cached[1], e.info) \
+                or self.child(parent.ino, name) is not None:
+            return None
+        return self._attach(parent, name, replace(cached[1], size=e.info.size))
+
+    def _lookup_ahead(self, parent: Inode, listing: Listing, name: str) -> None:
+        """A file of ``parent`` is looked up by name (no readdir first): programs
+        that do that for many names (rsync ``lstat``s every file it may send, in
+        name order) would wait for one HEAD after the other, so the files that
+        follow it in the listing are HEADed in the background into
+        ``object_attrs``, a window that starts at ``fill_window`` and doubles as
+        the lookups reach into it, up to ``fill_window_max``."""
+        plan: _LookupPlan | None = self._lookup_plans.get(parent.ino)
+        if plan is None or plan.listing is not listing:
+            files = sorted((e.name for e in listing.entries.values() if e.info is not None),
+                           key=lambda n: n.encode("utf-8", "surrogateescape"))
+            plan = _LookupPlan(listing, files, {n: i for i, n in enumerate(files)},
+                               self.tuning.fill_window)
+            self._lookup_plans[parent.ino] = plan
+        pos = plan.pos.get(name)
+        if pos is None or pos + plan.window // 2 < plan.readied:
+            return  # well inside what was sent ahead
+        start = max(pos + 1, plan.readied)
+        plan.readied = pos + 1 + plan.window
+        plan.window = min(plan.window * 2, self.tuning.fill_window_max)
+        todo = []
+        for n in plan.order[start:plan.readied]:
+            e = listing.entries.get(n)
+            if e is None or e.info is None or self.child(parent.ino, n) is not None:
+                continue
+            cached = self.object_attrs.get(e.info.key)
+            if cached is None or not meta.same_object(cached[1], e.info):
+                todo.append(e.info.key)
+        for chunk in chunked(todo, self.tuning.fill_parallel, self.tuning.fill_chunk):
+            self._fill_tasks.spawn(self._head_into_cache, chunk)
 
     def _needs_head(self, parent: Inode, e: DirEntry) -> bool:
         """Whether binding file entry ``e`` of ``parent`` needs its HEAD first (see

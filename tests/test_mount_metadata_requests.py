@@ -530,6 +530,39 @@ def test_a_walk_readies_the_first_subdirectories_of_what_it_reads(
     assert ops(cos_server) == {}
 
 
+def test_lookups_by_name_in_a_directory_never_read_send_their_heads_ahead(
+        mounter, client, cos_server):
+    """rsync lstat()s every file it may send, in name order, without reading the
+    directory: the second name looked up lists the directory, and the files that
+    follow are HEADed in the background, so each is HEADed once and later
+    lookups wait for nothing. The attributes are still each object's own."""
+    names = [f"f{i:02d}" for i in range(40)]
+    for n in names:
+        client.put_object(f"r/{n}", b"s" * 100, metadata=COSFS_FILE)
+    client.put_object("r/link", b"f00", metadata={"mode": str(stat.S_IFLNK | 0o777)})
+    m = mounter()
+    r = m.path / "r"
+    os.stat(r)
+    cos_server.reset_stats()
+    for n in names[:2]:
+        os.lstat(r / n)
+    time.sleep(1)  # what they sent ahead settles
+    first = ops(cos_server)
+    cos_server.reset_stats()
+    for n in names[2:]:
+        st = os.lstat(r / n)
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 567)
+    assert stat.S_ISLNK(os.lstat(r / "link").st_mode)
+    time.sleep(0.5)
+    rest = ops(cos_server)
+    assert first.get("ListObjects", 0) == 1
+    assert first.get("HeadObject", 0) + rest.get("HeadObject", 0) == 41  # each once
+    assert rest.get("HeadObject", 0) <= 9  # the window reaches the last ones late
+    with pytest.raises(FileNotFoundError):
+        os.lstat(r / "f99")  # the listing says so
+    assert ops(cos_server).get("HeadObject", 0) == rest.get("HeadObject", 0)
+
+
 def test_reading_one_directory_readies_nothing_else(mounter, client, cos_server):
     """A readdir that is not part of a walk (its parent was not read) and ls -l of a
     directory (no subdirectory is read) cost no request for other directories."""
