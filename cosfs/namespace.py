@@ -803,9 +803,9 @@ class Namespace:
 
     async def _probe(self, inode: Inode, max_keys: int | None = None) -> ListPage:
         """The LIST of the first ``max_keys`` (``probe_keys``) keys of directory
-        ``inode``: when
-        that is all of it, kept as its listing (unless a newer one is kept), so the
-        readdir that usually follows a directory's completion needs no request."""
+        ``inode``: when that is all of it, kept as its listing (unless a newer one
+        is kept), so the readdir that usually follows a directory's completion, or
+        the lookups that follow the second one in it, need no request."""
         prefix = names.dir_prefix(self.key_of(inode))
         with self._listing_fetch(inode.ino) as fetch:
             page = await self.aclient.list_objects(
@@ -906,7 +906,7 @@ class Namespace:
             async with self._fill_limit:
                 found = await self.aclient.head_objects(keys)
         except (CosError, OSError) as exc:
-            log.debug("reading ahead %s: %s", keys[0] if keys else "", exc)
+            log.debug("reading ahead %s: %s", keys[0], exc)
             return
         finally:
             for k, event in events.items():
@@ -930,6 +930,8 @@ class Namespace:
         e = listing.entries.get(name)
         if e is None or e.info is None:
             return None  # a directory: its lookup needs no HEAD of a file
+        if not self.defaults.use_metadata:  # the listing says all there is
+            return self._attach(parent, name, meta.attr_from_object(e.info, self.defaults))
         self._lookup_ahead(parent, listing, name)
         running = self._heading.get(e.info.key)
         if running is not None:
@@ -958,7 +960,7 @@ class Namespace:
         if pos is None or pos + plan.window // 2 < plan.readied:
             return  # well inside what was sent ahead
         start = max(pos + 1, plan.readied)
-        plan.readied = pos + 1 + plan.window
+        plan.readied = max(plan.readied, pos + 1 + plan.window)
         plan.window = min(plan.window * 2, self.tuning.fill_window_max)
         todo = []
         for n in plan.order[start:plan.readied]:

@@ -378,6 +378,21 @@ def test_an_object_replaced_on_the_server_keeps_its_data_and_metadata(mounter, c
 # -- -o listing_attrs ------------------------------------------------------------------
 
 
+def test_listing_attrs_answers_lookups_by_name_from_the_listing(mounter, client, cos_server):
+    """With -o listing_attrs, the lookups by name after the second one in a
+    directory never read cost nothing: its listing says all there is."""
+    for i in range(10):
+        client.put_object(f"l/f{i}", b"x" * (i + 1))
+    m = mounter(["listing_attrs"])
+    os.stat(m.path / "l")
+    cos_server.reset_stats()
+    sizes = [os.lstat(m.path / "l" / f"f{i}").st_size for i in range(10)]
+    assert sizes == list(range(1, 11))
+    counts = ops(cos_server)
+    assert counts.get("ListObjects", 0) == 1
+    assert counts.get("HeadObject", 0) == 1  # the first name, before the LIST
+
+
 def test_listing_attrs_lists_without_heads_and_ignores_metadata(mounter, client, cos_server):
     for i in range(10):
         client.put_object(f"d/f{i}", b"y" * (10 + i), metadata=COSFS_FILE if i % 2 else None)
