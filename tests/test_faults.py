@@ -526,6 +526,10 @@ def test_sigkill_during_directory_rename(mounter, fresh_server, phase) -> None:
         kill_when(fresh_server, "PutObjectCopy", 40, m)
     else:
         kill_when(fresh_server, "DeleteMultipleObjects", 1, m)
+        # The server holds the DELETE it received before the kill for its latency,
+        # then carries it out, as a real one would: let it land, so the keys do not
+        # go while the restarted mount reads them below.
+        time.sleep(3.5)
     mover.join(30)
     fresh_server.clear_faults()
     m.start()
