@@ -567,6 +567,13 @@ class Namespace:
             self.object_attrs[info.key] = (info.etag, attr)
         return attr
 
+    def _known_attr(self, info: ObjectInfo) -> Attr | None:
+        """The attributes a HEAD gave of the object a listing describes by
+        ``info``, when the attribute cache holds them for that same object."""
+        cached = self.object_attrs.get(info.key)
+        return cached[1] if cached is not None and meta.same_object(cached[1], info) \
+            else None
+
     async def getattr(self, ino: int) -> Inode:
         """The inode with attributes no older than the TTL (revalidating files),
         never partial."""
@@ -907,17 +914,17 @@ class Namespace:
                 found = await self.aclient.head_objects(keys)
         except (CosError, OSError) as exc:
             log.debug("reading ahead %s: %s", keys[0], exc)
-            return
-        finally:
+        else:
+            for got in found:
+                if not isinstance(got, CosError):
+                    self._file_attr(got)  # into object_attrs
+                elif got.status != 404:
+                    log.debug("reading ahead: %s", got)
+        finally:  # after the answers are in the cache: the waiters look there
             for k, event in events.items():
                 if self._heading.get(k) is event:
                     del self._heading[k]
                 event.set()
-        for got in found:
-            if not isinstance(got, CosError):
-                self._file_attr(got)  # into object_attrs
-            elif got.status != 404:
-                log.debug("reading ahead: %s", got)
 
     # -- lookup-ahead -------------------------------------------------------------------
 
@@ -936,11 +943,10 @@ class Namespace:
         running = self._heading.get(e.info.key)
         if running is not None:
             await running.wait()
-        cached = self.object_attrs.get(e.info.key)
-        if cached is None or not meta.same_object(cached[1], e.info) \
-                or self.child(parent.ino, name) is not None:
+        known = self._known_attr(e.info)
+        if known is None or self.child(parent.ino, name) is not None:
             return None
-        return self._attach(parent, name, replace(cached[1], size=e.info.size))
+        return self._attach(parent, name, replace(known, size=e.info.size))
 
     def _lookup_ahead(self, parent: Inode, listing: Listing, name: str) -> None:
         """A file of ``parent`` is looked up by name (no readdir first): programs
@@ -965,10 +971,8 @@ class Namespace:
         todo = []
         for n in plan.order[start:plan.readied]:
             e = listing.entries.get(n)
-            if e is None or e.info is None or self.child(parent.ino, n) is not None:
-                continue
-            cached = self.object_attrs.get(e.info.key)
-            if cached is None or not meta.same_object(cached[1], e.info):
+            if e is not None and e.info is not None and self.child(parent.ino, n) is None \
+                    and self._known_attr(e.info) is None:
                 todo.append(e.info.key)
         for chunk in chunked(todo, self.tuning.fill_parallel, self.tuning.fill_chunk):
             self._fill_tasks.spawn(self._head_into_cache, chunk)
@@ -980,8 +984,7 @@ class Namespace:
         inode = self.child(parent.ino, e.name)
         if inode is not None and self._still_valid(inode, e):
             return False
-        cached = self.object_attrs.get(e.info.key)
-        if cached is not None and meta.same_object(cached[1], e.info):
+        if self._known_attr(e.info) is not None:
             return False
         return self.defaults.use_metadata and meta.may_be_symlink(e.info.size)
 
@@ -1018,9 +1021,9 @@ class Namespace:
             # also serves its readdir, fetched ahead for the following ones.
             attr.partial = True
             return self._attach(parent, e.name, attr)
-        cached = self.object_attrs.get(e.info.key)
-        if cached is not None and meta.same_object(cached[1], e.info):
-            return self._attach(parent, e.name, replace(cached[1], size=e.info.size))
+        known = self._known_attr(e.info)
+        if known is not None:
+            return self._attach(parent, e.name, replace(known, size=e.info.size))
         if self.defaults.use_metadata and meta.may_be_symlink(e.info.size):
             # readdirplus must give the kernel the right type (find -type uses it,
             # and the kernel refuses an inode that changes type): only the
