@@ -39,7 +39,8 @@ Concurrency
     ``AsyncClient`` holds back every request naming it until then.)
     Background tasks (``_fill_tasks``) complete listed entries and ready the
     directories a walk reads next; a readdir waits for the readying of its
-    directory (``_readying``) rather than asking again. A LIST whose answer may
+    directory (``_readying``), and for the HEADs sent ahead of lookups by name
+    (``_heading``), rather than asking again. A LIST whose answer may
     be kept as a listing is registered in ``_fetches`` while under way, so our
     changes meanwhile are replayed onto its answer (or void it).
 """
@@ -764,6 +765,7 @@ class Namespace:
         listing = self.listings.get(ino)
         if listing is None:
             listing = await self._fetch_listing(parent)
+        await self._heads_sent_ahead(listing)
         entries = sorted(listing.entries.values(), key=lambda e: e.name.encode())
         bound: dict[str, Inode] = {}
         todo: list[DirEntry] = []
@@ -798,6 +800,17 @@ class Namespace:
             if p == ino and name not in listed and self.inodes[cino].local:
                 result.append((name, self.inodes[cino]))
         return result
+
+    async def _heads_sent_ahead(self, listing: Listing) -> None:
+        """Wait for the HEADs the lookup-ahead sent (``_heading``) of objects
+        ``listing`` describes: binding them then takes their answers from the
+        attribute cache instead of asking the server a second time."""
+        if not self._heading:
+            return
+        for e in list(listing.entries.values()):
+            running = self._heading.get(e.info.key) if e.info is not None else None
+            if running is not None:
+                await running.wait()
 
     async def _fetch_listing(self, parent: Inode) -> Listing:
         prefix = names.dir_prefix(self.key_of(parent))

@@ -578,6 +578,38 @@ def test_lookups_by_name_in_a_directory_never_read_send_their_heads_ahead(
     assert ops(cos_server).get("HeadObject", 0) == rest.get("HeadObject", 0)
 
 
+def test_a_readdir_waits_for_the_heads_the_lookups_sent_ahead(mounter, client, cos_server):
+    """A readdir while HEADs sent ahead by lookups are on their way takes their
+    answers instead of HEADing the same objects again."""
+    import threading
+
+    names = [f"f{i:02d}" for i in range(40)]
+    for n in names:
+        client.put_object(f"r/{n}", b"s" * 100, metadata=COSFS_FILE)
+    m = mounter()
+    r = m.path / "r"
+    os.stat(r)
+    os.lstat(r / names[0])
+    cos_server.reset_stats()
+    cos_server.set_faults("HeadObject", answer_latency_ms=1500)
+    try:
+        # The second lookup lists r and sends the HEADs of f02..f33 ahead; the
+        # readdir comes while they (and the lookup's own HEAD) are unanswered.
+        second = threading.Thread(target=os.lstat, args=(r / names[1],))
+        second.start()
+        time.sleep(0.5)
+        listed = sorted(os.listdir(r))
+        second.join()
+    finally:
+        cos_server.clear_faults()
+    assert listed == names
+    heads = ops(cos_server).get("HeadObject", 0)
+    assert heads <= 40  # f01 at most twice (its lookup, the readdir), the rest once
+    st = os.lstat(r / names[20])
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 567)
+    assert ops(cos_server).get("HeadObject", 0) == heads
+
+
 def test_reading_one_directory_readies_nothing_else(mounter, client, cos_server):
     """A readdir that is not part of a walk (its parent was not read) and ls -l of a
     directory (no subdirectory is read) cost no request for other directories."""
