@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -581,8 +582,6 @@ def test_lookups_by_name_in_a_directory_never_read_send_their_heads_ahead(
 def test_a_readdir_waits_for_the_heads_the_lookups_sent_ahead(mounter, client, cos_server):
     """A readdir while HEADs sent ahead by lookups are on their way takes their
     answers instead of HEADing the same objects again."""
-    import threading
-
     names = [f"f{i:02d}" for i in range(40)]
     for n in names:
         client.put_object(f"r/{n}", b"s" * 100, metadata=COSFS_FILE)
