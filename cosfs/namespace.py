@@ -943,13 +943,23 @@ class Namespace:
 
     async def _lookup_listed(self, parent: Inode, listing: Listing,
                              name: str) -> Inode | None:
-        """``name``, listed in ``parent``'s fresh listing and bound to no inode,
-        from the attribute cache when it holds the listed object (a HEAD sent
-        ahead, awaited if under way); None when only a request can tell. Sends
-        the HEADs of the names that follow it in the listing ahead."""
+        """``name``, listed in ``parent``'s fresh listing and bound to no inode.
+
+        A file comes from the attribute cache when it holds the listed object (a
+        HEAD sent ahead, awaited if under way), else None: only a request can
+        tell; the HEADs of the files that follow it in the listing go ahead. A
+        directory is completed as readdir's are (:meth:`complete`): the LIST of
+        its first keys, kept as its listing when that is all of it, so the
+        lookups in it that follow (rsync ``lstat``s each file) send no LIST of
+        their own, and its marker's HEAD if it has one; no HEAD of an object of
+        the same name, which the directory hides (as readdir shows)."""
         e = listing.entries.get(name)
-        if e is None or e.info is None:
-            return None  # a directory: its lookup needs no HEAD of a file
+        if e is None:
+            return None
+        if e.info is None:
+            inode = self._bind_entry(parent, e)
+            assert inode is not None  # a directory entry always binds
+            return await self.complete(inode)
         if not self.defaults.use_metadata:  # the listing says all there is
             return self._attach(parent, name, meta.attr_from_object(e.info, self.defaults))
         self._lookup_ahead(parent, listing, name)

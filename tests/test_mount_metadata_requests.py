@@ -609,6 +609,34 @@ def test_a_readdir_waits_for_the_heads_the_lookups_sent_ahead(mounter, client, c
     assert ops(cos_server).get("HeadObject", 0) == heads
 
 
+def test_a_directory_looked_up_in_a_listed_directory_is_listed_with_its_lookup(
+        mounter, client, cos_server):
+    """rsync lstat()s each directory of a tree, then each file in it, with no
+    readdir: a directory its parent's listing shows costs the LIST of its first
+    keys (kept as its listing) and its marker's HEAD, and the lookups of its
+    files send no LIST. The listing said directory, so no HEAD asks for the
+    object of the same name it hides."""
+    for d in ("a", "b", "c"):
+        client.put_object(f"t/{d}/", b"", metadata={"mode": str(stat.S_IFDIR | 0o750)})
+        for f in range(3):
+            client.put_object(f"t/{d}/f{f}", b"s" * 100, metadata=COSFS_FILE)
+    client.put_object("t/c", b"hidden by the directory t/c/")
+    m = mounter()
+    t = m.path / "t"
+    os.stat(t)
+    os.lstat(t / "a")
+    os.lstat(t / "b")  # the second lookup in t lists t
+    cos_server.reset_stats()
+    st = os.lstat(t / "c")
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o750
+    assert ops(cos_server) == {"ListObjects": 1, "HeadObject": 1}
+    for f in range(3):
+        st = os.lstat(t / "c" / f"f{f}")
+        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 567)
+    time.sleep(0.5)
+    assert ops(cos_server) == {"ListObjects": 1, "HeadObject": 4}  # the marker, 3 files
+
+
 def test_reading_one_directory_readies_nothing_else(mounter, client, cos_server):
     """A readdir that is not part of a walk (its parent was not read) and ls -l of a
     directory (no subdirectory is read) cost no request for other directories."""
