@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import APPID, Mount, is_mounted, make_client
+from conftest import APPID, Mount, fsync_dir, is_mounted, make_client
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -927,6 +927,7 @@ def test_regression_rename_after_a_truncate_that_changed_nothing(mounter, client
     a.write_bytes(b"")  # O_TRUNC to the size it has
     os.rename(a, m.path / "b")
     assert os.listdir(m.path) == ["b"]
+    fsync_dir(m.path)  # the old key's DELETE runs in the background until then
     assert [o.key for o in client.list_objects().contents] == ["b"]
     (m.path / "b").write_bytes(b"")
     os.chmod(m.path / "b", 0o604)
