@@ -808,9 +808,15 @@ class Namespace:
         if not self._heading:
             return
         for e in list(listing.entries.values()):
-            running = self._heading.get(e.info.key) if e.info is not None else None
-            if running is not None:
-                await running.wait()
+            if e.info is not None:
+                await self._head_sent_ahead(e.info.key)
+
+    async def _head_sent_ahead(self, key: str) -> None:
+        """Wait for the HEAD of ``key`` sent ahead, if one is under way: its answer
+        is then in ``object_attrs`` (unless it failed)."""
+        running = self._heading.get(key)
+        if running is not None:
+            await running.wait()
 
     async def _fetch_listing(self, parent: Inode) -> Listing:
         prefix = names.dir_prefix(self.key_of(parent))
@@ -963,9 +969,7 @@ class Namespace:
         if not self.defaults.use_metadata:  # the listing says all there is
             return self._attach(parent, name, meta.attr_from_object(e.info, self.defaults))
         self._lookup_ahead(parent, listing, name)
-        running = self._heading.get(e.info.key)
-        if running is not None:
-            await running.wait()
+        await self._head_sent_ahead(e.info.key)
         known = self._known_attr(e.info)
         if known is None or self.child(parent.ino, name) is not None:
             return None
