@@ -360,6 +360,29 @@ def test_listing_pages_count_prefixes_and_resume_after_next_marker():
     assert sorted(seen) == ["a", "b/", "c", "d/", "e"]
 
 
+def test_listing_of_many_folders_reads_few_rows_past_each():
+    # 200 folders of 50 keys each and 10 plain keys at the end: the delimiter
+    # listing must not read a page of rows after each folder to use one of them.
+    keys = [f"d{i:03}/k{j:02}" for i in range(200) for j in range(50)]
+    keys += [f"z{j}" for j in range(10)]
+    inner = _fetcher(keys)
+    rows = 0
+
+    def counting(start, inclusive, stop, limit):
+        nonlocal rows
+        found = inner(start, inclusive, stop, limit)
+        rows += len(found)
+        return found
+    page = list_page(counting, delimiter=b"/")
+    assert len(page.common_prefixes) == 200 and _keys(page) == [f"z{j}" for j in range(10)]
+    assert rows <= 200 * 16 + 10 + 16
+    # A page that ends inside a run of keys, and resuming it, still see every key.
+    page = list_page(_fetcher(keys), prefix=b"d007/", max_keys=30)
+    assert len(page.contents) == 30 and page.is_truncated
+    rest = list_page(_fetcher(keys), prefix=b"d007/", marker=page.next_marker)
+    assert _keys(page) + _keys(rest) == [f"d007/k{j:02}" for j in range(50)]
+
+
 def test_listing_marker_is_exclusive_and_byte_ordered():
     keys = ["a", "Z", "é", "~", "a/b"]
     page = list_page(_fetcher(keys))

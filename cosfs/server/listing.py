@@ -61,6 +61,9 @@ class _Page:
         return True
 
 
+_FIRST_BATCH = 16
+
+
 def list_page(fetch: Fetch, prefix: bytes = b"", delimiter: bytes = b"", marker: bytes = b"",
               max_keys: int = 1000) -> ListResult:
     """One page of List Objects over the entries ``fetch`` yields."""
@@ -69,8 +72,12 @@ def list_page(fetch: Fetch, prefix: bytes = b"", delimiter: bytes = b"", marker:
     page = _Page(max_keys)
     stop = successor(prefix) if prefix else None
     cursor, inclusive = (marker, False) if marker >= prefix else (prefix, True)
+    # Rows to fetch next: few after a common prefix, whose first row may start
+    # another one (a folder of many subfolders would otherwise read a page of rows
+    # for each of them and use one), doubling while keys follow each other.
+    batch = _FIRST_BATCH
     while True:
-        want = page.room + 1
+        want = min(page.room + 1, batch)
         entries = fetch(cursor, inclusive, stop, want)
         jumped = False
         for entry in entries:
@@ -90,5 +97,9 @@ def list_page(fetch: Fetch, prefix: bytes = b"", delimiter: bytes = b"", marker:
                 return page.result
             cursor, inclusive, jumped = after, True, True
             break
-        if not jumped and len(entries) < want:
+        if jumped:
+            batch = _FIRST_BATCH
+            continue
+        if len(entries) < want:
             return page.result
+        batch *= 2
