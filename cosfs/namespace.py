@@ -245,7 +245,8 @@ class Namespace:
         self._walks: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._readying: dict[int, trio.Event] = {}
         # Lookup-ahead (see ``_lookup_ahead``): lookups of names in directories never
-        # listed, per directory; the plan of each listed one; the keys being HEADed.
+        # listed, per directory; per listed one and kind (is_dir) what goes ahead;
+        # the keys being HEADed.
         self._unlisted_lookups: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._lookup_plans: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._heading: dict[str, trio.Event] = {}
@@ -884,35 +885,47 @@ class Namespace:
         first = max(start, plan.readied)
         plan.readied = max(plan.readied, start + count)
         for ino in plan.order[first:plan.readied]:
-            node = self.inodes.get(ino)
-            if node is None or not node.is_dir() or ino in self._readying:
-                continue
-            self._readying[ino] = trio.Event()
-            self._fill_tasks.spawn(self._ready_dir, node)
+            self._ready_soon(self.inodes.get(ino))
 
-    async def _ready_dir(self, inode: Inode) -> None:
+    def _ready_soon(self, node: Inode | None, every_file: bool = False,
+                    deeper: bool = False) -> None:
+        """Ready directory ``node`` in the background (``_ready_dir``), unless that
+        is under way already."""
+        if node is None or not node.is_dir() or node.ino in self._readying:
+            return
+        self._readying[node.ino] = trio.Event()
+        self._fill_tasks.spawn(self._ready_dir, node, every_file, deeper)
+
+    async def _ready_dir(self, inode: Inode, every_file: bool = False,
+                         deeper: bool = False) -> None:
         """Background: what ``list_dir(inode)`` will need, so it sends nothing: its
         listing (the LIST of its first ``probe_keys`` keys, which also completes
         its attributes, when that is all of it) and the attributes of the
         objects it must HEAD (kept in ``object_attrs``, checked against the
-        listing when used). A failure is left to the readdir, which asks again."""
+        listing when used); with ``every_file``, of all its files, for the
+        lookups of each of them, and with ``deeper`` its first subdirectories
+        so too (see ``_lookup_ahead``). A failure is left to the readdir or
+        lookup, which asks again."""
         done = self._readying[inode.ino]
         try:
             if inode.attr.partial:
+                # Its LIST of the first keys, kept as the listing when that is all.
                 await self.complete(inode)
-            if self.listings.get(inode.ino) is None:
+            elif self.listings.get(inode.ino) is None:
                 async with self._fill_limit:
                     await self._probe(inode)
             listing = self.listings.get(inode.ino)
             if listing is None:
                 return  # more than one page, or gone: left to the readdir
-            todo = [e.info.key for e in listing.entries.values()
-                    if e.info is not None and self._needs_head(inode, e)]
-            if todo:
-                async with trio.open_nursery() as nursery:
-                    for chunk in chunked(todo, self.tuning.fill_parallel,
-                                         self.tuning.fill_chunk):
-                        nursery.start_soon(self._head_into_cache, chunk)
+            # list_dir waits for these (_heads_sent_ahead).
+            self._send_heads_ahead([e.info.key for e in listing.entries.values()
+                                    if e.info is not None
+                                    and self._needs_head(inode, e, every_file)])
+            if deeper:
+                subdirs = sorted((e for e in listing.entries.values() if e.info is None),
+                                 key=lambda e: e.name.encode("utf-8", "surrogateescape"))
+                self._ready_listed_dirs(inode, subdirs[:self.tuning.walk_window],
+                                        deeper=False)
         except (CosError, OSError) as exc:
             log.debug("reading ahead %s: %s", self.path_of(inode), exc)
         finally:
@@ -920,14 +933,21 @@ class Namespace:
                 del self._readying[inode.ino]
             done.set()
 
-    async def _head_into_cache(self, keys: list[str]) -> None:
-        """Background: HEAD ``keys`` into ``object_attrs``; a lookup of one of
-        them meanwhile waits for its answer (see ``_heading``)."""
+    def _send_heads_ahead(self, keys: list[str]) -> None:
+        """HEAD ``keys`` into ``object_attrs`` in the background, in chunks
+        (``chunked``). Each key is claimed in ``_heading`` at once, before its
+        task runs, so a lookup of it from now on waits for that answer rather
+        than sending a HEAD of its own."""
         keys = [k for k in keys if k not in self._heading]
-        if not keys:
-            return
-        events = {k: trio.Event() for k in keys}
-        self._heading.update(events)
+        for chunk in chunked(keys, self.tuning.fill_parallel, self.tuning.fill_chunk):
+            events = {k: trio.Event() for k in chunk}
+            self._heading.update(events)
+            self._fill_tasks.spawn(self._head_into_cache, events)
+
+    async def _head_into_cache(self, events: dict[str, trio.Event]) -> None:
+        """Background: HEAD the keys of ``events`` (claimed in ``_heading``) into
+        ``object_attrs``, then set their events."""
+        keys = list(events)
         try:
             async with self._fill_limit:
                 found = await self.aclient.head_objects(keys)
@@ -958,62 +978,84 @@ class Namespace:
         its first keys, kept as its listing when that is all of it, so the
         lookups in it that follow (rsync ``lstat``s each file) send no LIST of
         their own, and its marker's HEAD if it has one; no HEAD of an object of
-        the same name, which the directory hides (as readdir shows)."""
+        the same name, which the directory hides (as readdir shows). The
+        directories that follow it in the listing are readied ahead."""
         e = listing.entries.get(name)
         if e is None:
             return None
         if e.info is None:
             inode = self._bind_entry(parent, e)
             assert inode is not None  # a directory entry always binds
+            self._lookup_ahead(parent, listing, name, is_dir=True)
             return await self.complete(inode)
         if not self.defaults.use_metadata:  # the listing says all there is
             return self._attach(parent, name, meta.attr_from_object(e.info, self.defaults))
-        self._lookup_ahead(parent, listing, name)
+        self._lookup_ahead(parent, listing, name, is_dir=False)
         await self._head_sent_ahead(e.info.key)
         known = self._known_attr(e.info)
         if known is None or self.child(parent.ino, name) is not None:
             return None
         return self._attach(parent, name, replace(known, size=e.info.size))
 
-    def _lookup_ahead(self, parent: Inode, listing: Listing, name: str) -> None:
-        """A file of ``parent`` is looked up by name (no readdir first): programs
-        that do that for many names (rsync ``lstat``s every file it may send, in
-        name order) would wait for one HEAD after the other, so the files that
-        follow it in the listing are HEADed in the background into
-        ``object_attrs``, a window that starts at ``fill_window`` and doubles as
-        the lookups reach into it, up to ``fill_window_max``."""
-        plan: _LookupPlan | None = self._lookup_plans.get(parent.ino)
+    def _lookup_ahead(self, parent: Inode, listing: Listing, name: str, *,
+                      is_dir: bool) -> None:
+        """An entry of ``parent`` is looked up by name (no readdir first): programs
+        that do that for many names (rsync ``lstat``s every file and directory it
+        may send, in name order, then goes into each directory and does the same)
+        would wait for one request after the other, so the entries of the same
+        kind that follow it in the listing are fetched in the background: files
+        HEADed into ``object_attrs``, a window that starts at ``fill_window``;
+        directories readied (``_ready_dir``) with the HEADs of all their files,
+        which such a program looks up next, and their first subdirectories, where
+        it goes after them, a window that starts at ``walk_window``. Each window
+        doubles as the lookups reach into it, up to ``fill_window_max`` or
+        ``walk_window_max``. A directory looked up is readied so too (its
+        completion waits for that): the walk goes into it next."""
+        plan: _LookupPlan | None = self._lookup_plans.get((parent.ino, is_dir))
         if plan is None or plan.listing is not listing:
-            files = sorted((e.name for e in listing.entries.values() if e.info is not None),
+            order = sorted((e.name for e in listing.entries.values()
+                            if (e.info is None) == is_dir),
                            key=lambda n: n.encode("utf-8", "surrogateescape"))
-            plan = _LookupPlan(listing, files, {n: i for i, n in enumerate(files)},
-                               self.tuning.fill_window)
-            self._lookup_plans[parent.ino] = plan
+            plan = _LookupPlan(listing, order, {n: i for i, n in enumerate(order)},
+                               self.tuning.walk_window if is_dir else self.tuning.fill_window)
+            self._lookup_plans[(parent.ino, is_dir)] = plan
         pos = plan.pos.get(name)
+        if is_dir:
+            self._ready_listed_dirs(parent, [listing.entries[name]], deeper=True)
         if pos is None or pos + plan.window // 2 < plan.readied:
             return  # well inside what was sent ahead
         start = max(pos + 1, plan.readied)
         plan.readied = max(plan.readied, pos + 1 + plan.window)
-        plan.window = min(plan.window * 2, self.tuning.fill_window_max)
-        todo = []
-        for n in plan.order[start:plan.readied]:
-            e = listing.entries.get(n)
-            if e is not None and e.info is not None and self.child(parent.ino, n) is None \
-                    and self._known_attr(e.info) is None:
-                todo.append(e.info.key)
-        for chunk in chunked(todo, self.tuning.fill_parallel, self.tuning.fill_chunk):
-            self._fill_tasks.spawn(self._head_into_cache, chunk)
+        plan.window = min(plan.window * 2, self.tuning.walk_window_max if is_dir
+                          else self.tuning.fill_window_max)
+        ahead = [e for e in map(listing.entries.get, plan.order[start:plan.readied])
+                 if e is not None]
+        if is_dir:
+            self._ready_listed_dirs(parent, ahead, deeper=True)
+            return
+        self._send_heads_ahead([e.info.key for e in ahead if e.info is not None
+                                and self.child(parent.ino, e.name) is None
+                                and self._known_attr(e.info) is None])
 
-    def _needs_head(self, parent: Inode, e: DirEntry) -> bool:
+    def _ready_listed_dirs(self, parent: Inode, entries: list[DirEntry], *,
+                           deeper: bool) -> None:
+        """Ready the directories of ``entries`` (of ``parent``'s listing) in the
+        background for lookups of every file in them, and with ``deeper`` their
+        first ``walk_window`` subdirectories too; binding each one's inode as
+        readdir does (the kernel gets it at its lookup)."""
+        for e in entries:
+            self._ready_soon(self._bind_entry(parent, e), True, deeper)
+
+    def _needs_head(self, parent: Inode, e: DirEntry, every_file: bool = False) -> bool:
         """Whether binding file entry ``e`` of ``parent`` needs its HEAD first (see
-        ``_bind_entry``)."""
+        ``_bind_entry``); with ``every_file``, whether a lookup of it would."""
         assert e.info is not None
         inode = self.child(parent.ino, e.name)
         if inode is not None and self._still_valid(inode, e):
             return False
         if self._known_attr(e.info) is not None:
             return False
-        return self.defaults.use_metadata and meta.may_be_symlink(e.info.size)
+        return self.defaults.use_metadata and (every_file or meta.may_be_symlink(e.info.size))
 
     def _still_valid(self, inode: Inode, e: DirEntry) -> bool:
         if self._authoritative(inode):

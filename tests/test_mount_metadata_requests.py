@@ -609,32 +609,41 @@ def test_a_readdir_waits_for_the_heads_the_lookups_sent_ahead(mounter, client, c
     assert ops(cos_server).get("HeadObject", 0) == heads
 
 
-def test_a_directory_looked_up_in_a_listed_directory_is_listed_with_its_lookup(
+def test_directories_looked_up_in_a_listed_directory_are_readied_ahead(
         mounter, client, cos_server):
     """rsync lstat()s each directory of a tree, then each file in it, with no
-    readdir: a directory its parent's listing shows costs the LIST of its first
-    keys (kept as its listing) and its marker's HEAD, and the lookups of its
-    files send no LIST. The listing said directory, so no HEAD asks for the
-    object of the same name it hides."""
-    for d in ("a", "b", "c"):
+    readdir: a directory its parent's listing shows is readied with its lookup,
+    and so are the directories after it: the LIST of its first keys (kept as
+    its listing), its marker's HEAD, the HEADs of all its files and the same
+    for its first subdirectories. So the lookups that follow wait for nothing,
+    and nothing is asked twice. The listing said directory, so no HEAD asks for
+    the object of the same name it hides."""
+    for d in ("a", "b", "c", "d"):
         client.put_object(f"t/{d}/", b"", metadata={"mode": str(stat.S_IFDIR | 0o750)})
         for f in range(3):
             client.put_object(f"t/{d}/f{f}", b"s" * 100, metadata=COSFS_FILE)
+    client.put_object("t/c/s/f", b"s" * 100, metadata=COSFS_FILE)
     client.put_object("t/c", b"hidden by the directory t/c/")
     m = mounter()
     t = m.path / "t"
     os.stat(t)
     os.lstat(t / "a")
-    os.lstat(t / "b")  # the second lookup in t lists t
     cos_server.reset_stats()
-    st = os.lstat(t / "c")
-    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o750
-    assert ops(cos_server) == {"ListObjects": 1, "HeadObject": 1}
-    for f in range(3):
-        st = os.lstat(t / "c" / f"f{f}")
-        assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 567)
+    os.lstat(t / "b")  # the second lookup in t lists t, and readies b, c and d
     time.sleep(0.5)
-    assert ops(cos_server) == {"ListObjects": 1, "HeadObject": 4}  # the marker, 3 files
+    # t; for b, c and d their first keys, markers and files; c/s and its file.
+    assert ops(cos_server) == {"ListObjects": 5, "HeadObject": 13}
+    cos_server.reset_stats()
+    for d in ("b", "c", "d"):
+        st = os.lstat(t / d)
+        assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o750
+        for f in range(3):
+            st = os.lstat(t / d / f"f{f}")
+            assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o640, 1234, 567)
+    assert stat.S_ISDIR(os.lstat(t / "c" / "s").st_mode)
+    assert stat.S_ISREG(os.lstat(t / "c" / "s" / "f").st_mode)
+    time.sleep(0.5)
+    assert ops(cos_server) == {}
 
 
 def test_reading_one_directory_readies_nothing_else(mounter, client, cos_server):
