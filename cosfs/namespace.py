@@ -116,10 +116,12 @@ class Listing:
 
 def chunked(items: list[T], parallel: int, most: int) -> list[list[T]]:
     """``items`` in order, cut into chunks whose HEADs go one after the other from
-    one worker-thread call: no larger than needed to keep ``parallel`` chunks busy
-    (a chunk of N costs N round trips of latency against a distant endpoint), and
-    no larger than ``most``."""
-    size = min(most, max(1, -(-len(items) // parallel)))
+    one worker-thread call: no larger than ``most``, and no larger than needed to
+    keep ``parallel`` chunks busy in each of the fewest rounds that can send them
+    all (a chunk of N costs N round trips of latency against a distant endpoint:
+    a last round of a few full chunks would leave the other slots idle)."""
+    rounds = max(1, -(-len(items) // (parallel * most)))
+    size = max(1, -(-len(items) // (parallel * rounds)))
     return [items[at:at + size] for at in range(0, len(items), size)]
 
 
@@ -161,6 +163,9 @@ class _FillPlan:
     order: dict[bool, list[int]]  # is_dir -> inode numbers
     pos: dict[int, int]  # inode number -> index in its kind's list
     window: int
+    # is_dir -> (end, then): ``order[is_dir][:end]`` have been fetched ahead or
+    # asked for; the next window goes when a completion reaches index ``then``.
+    sent: dict[bool, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -582,6 +587,7 @@ class Namespace:
         inode = self.get(ino)
         if inode.attr.partial:
             return await self.complete(inode)
+        self._fetch_ahead(inode)  # fetched ahead already: the window moves on from here
         if (self._authoritative(inode) or inode.is_dir()
                 or inode.expires > trio.current_time()):
             return inode
@@ -602,19 +608,20 @@ class Namespace:
         metadata). A partial one, which only a listing has described, gets its
         HEAD now (a directory the LIST that says whether it has a marker); and the
         partial siblings of the same kind that follow it in the listing are fetched
-        in the background, a window that doubles with each such call in the
-        directory. So ``ls -l`` of N objects costs one LIST and N HEADs in parallel,
-        and ``find``, which needs no file's attributes, LISTs only.
+        in the background, a window that doubles each time the completions in the
+        directory reach the middle of the one before (``_fetch_ahead``). So ``ls
+        -l`` of N objects costs one LIST and N HEADs in parallel, and ``find``,
+        which needs no file's attributes, LISTs only.
 
         Concurrency: one request per inode at a time; a caller finding its inode
         under way waits for that request, and asks itself if it failed. Returns the
         inode now bound to the name (another one if the type changed)."""
+        self._fetch_ahead(inode)  # also when this one was fetched ahead already
         while inode.attr.partial:
             running = self._filling.get(inode.ino)
             if running is not None:
                 await running.wait()
                 continue
-            self._fetch_ahead(inode)
             done = self._filling[inode.ino] = trio.Event()
             try:
                 return await self._fill(inode, foreground=True)
@@ -625,17 +632,28 @@ class Namespace:
         return inode
 
     def _fetch_ahead(self, inode: Inode) -> None:
+        """Complete in the background the partial entries of ``inode``'s kind that
+        follow it in its listing (see :meth:`complete`), a window at a time: the
+        next one goes once a completion reaches past the middle of what was sent,
+        so against a distant endpoint it is on its way before ``ls -l`` gets
+        there."""
         plan: _FillPlan | None = self._plans.get(inode.parent)
         pos = plan.pos.get(inode.ino) if plan is not None else None
         if plan is None or pos is None:
             return
+        kind = inode.is_dir()
+        end, then = plan.sent.get(kind, (0, 0))
+        if pos < then:
+            return  # in the first half of what was sent ahead
+        order = plan.order[kind]
+        start = at = max(pos + 1, end)
         batch: list[Inode] = []
-        for ino in plan.order[inode.is_dir()][pos + 1:]:
-            if len(batch) >= plan.window:
-                break
-            node = self.inodes.get(ino)
-            if node is not None and node.attr.partial and ino not in self._filling:
+        while at < len(order) and len(batch) < plan.window:
+            node = self.inodes.get(order[at])
+            at += 1
+            if node is not None and node.attr.partial and node.ino not in self._filling:
                 batch.append(node)
+        plan.sent[kind] = (at, start + (at - start) // 2)
         if not batch:
             return
         plan.window = min(plan.window * 2, self.tuning.fill_window_max)

@@ -53,6 +53,31 @@ def test_ls_l_is_one_list_and_a_head_per_object_with_exact_attributes(
     assert out[1].split()[5] == "1600000000"
 
 
+def test_ls_l_sends_the_next_heads_before_it_reaches_them(mounter, client, cos_server):
+    """The stat()s after a readdir fetch the following entries ahead, a window that
+    doubles (32, 64, ...): the next window goes once a stat reaches past the middle
+    of what was sent, so against a distant endpoint it is under way before ``ls
+    -l`` gets there, not when it does."""
+    for i in range(200):
+        client.put_object(f"ls/f{i:03d}", b"z" * 4096)
+    m = mounter()
+    names = sorted(os.listdir(m.path / "ls"))
+    cos_server.reset_stats()
+    os.lstat(m.path / "ls" / names[0])
+    time.sleep(0.5)
+    assert ops(cos_server) == {"HeadObject": 33}  # its own and 32 ahead
+    os.lstat(m.path / "ls" / names[10])  # inside the first half: nothing more
+    time.sleep(0.5)
+    assert ops(cos_server) == {"HeadObject": 33}
+    os.lstat(m.path / "ls" / names[17])  # past it: the next 64
+    time.sleep(0.5)
+    assert ops(cos_server) == {"HeadObject": 97}
+    for name in names:
+        os.lstat(m.path / "ls" / name)
+    time.sleep(0.5)
+    assert ops(cos_server) == {"HeadObject": 200}
+
+
 def test_find_sends_lists_only_and_stat_of_a_listed_directory_is_exact(
         mounter, client, cos_server):
     for a in range(3):
