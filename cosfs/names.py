@@ -48,6 +48,12 @@ def is_listable(name: str) -> bool:
     return len(name.encode("utf-8", "surrogatepass")) <= NAME_MAX
 
 
+def listing_order(name: str) -> bytes:
+    """The sort key of ``name`` among its siblings: COS lists keys in the order of
+    their UTF-8 bytes, and programs walk a listing in that order."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 def child_key(parent_key: str, name: str) -> str:
     """Key of ``name`` inside the directory whose key is ``parent_key``."""
     return f"{parent_key}/{name}" if parent_key else name

@@ -785,7 +785,7 @@ class Namespace:
         if listing is None:
             listing = await self._fetch_listing(parent)
         await self._heads_sent_ahead(listing)
-        entries = sorted(listing.entries.values(), key=lambda e: e.name.encode())
+        entries = sorted(listing.entries.values(), key=lambda e: names.listing_order(e.name))
         bound: dict[str, Inode] = {}
         todo: list[DirEntry] = []
         for e in entries:
@@ -941,7 +941,7 @@ class Namespace:
                                     and self._needs_head(inode, e, every_file)])
             if deeper:
                 subdirs = sorted((e for e in listing.entries.values() if e.info is None),
-                                 key=lambda e: e.name.encode("utf-8", "surrogateescape"))
+                                 key=lambda e: names.listing_order(e.name))
                 self._ready_listed_dirs(inode, subdirs[:self.tuning.walk_window],
                                         deeper=False)
         except (CosError, OSError) as exc:
@@ -1033,7 +1033,7 @@ class Namespace:
         if plan is None or plan.listing is not listing:
             order = sorted((e.name for e in listing.entries.values()
                             if (e.info is None) == is_dir),
-                           key=lambda n: n.encode("utf-8", "surrogateescape"))
+                           key=names.listing_order)
             plan = _LookupPlan(listing, order, {n: i for i, n in enumerate(order)},
                                self.tuning.walk_window if is_dir else self.tuning.fill_window)
             self._lookup_plans[(parent.ino, is_dir)] = plan
