@@ -477,7 +477,7 @@ class Operations(pyfuse3.Operations):
         while busy := [self._busy_names[n] for n in names_ if n in self._busy_names]:
             await busy[0].wait()
         done = trio.Event()
-        inodes = {ino for n in names_ if (ino := self.ns.children.get(n)) is not None}
+        inodes = {ino for n in names_ if (ino := self.ns.children.get(*n)) is not None}
         for n in names_:
             self._busy_names[n] = done
         for ino in inodes:
@@ -555,12 +555,9 @@ class Operations(pyfuse3.Operations):
 
     async def _hold_below(self, top: Inode) -> list[Inode]:
         """Stage the files at or below ``top`` with data only in the cache."""
-        # Only a directory needs the scan (an unlink of one file must stay cheap).
-        nodes = list(self.ns.inodes.values()) if top.is_dir() else [top]
         held = []
-        for node in nodes:
-            if node.local and not node.is_dir() and node.ino not in self.staged \
-                    and self._is_below(node, top):
+        for node in self.ns.below(top):
+            if node.local and not node.is_dir() and node.ino not in self.staged:
                 await self._stage(node)
                 held.append(node)
         return held

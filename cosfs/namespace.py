@@ -14,7 +14,7 @@ Model
 
 Invariants
     - ``inodes`` holds every inode the kernel may still refer to (lookup count > 0)
-      or that is open; ``children[(parent, name)]`` maps a live name to its inode.
+      or that is open; ``children`` binds each live name to its inode.
       An unlinked or replaced inode leaves ``children`` but stays in ``inodes``
       until forgotten and closed.
     - An inode's key is derived from its parent chain, so renaming a directory moves
@@ -96,6 +96,40 @@ class Inode:
 
     def is_dir(self) -> bool:
         return self.attr.is_dir()
+
+
+class ChildIndex:
+    """The live names of every directory: which inode ``name`` in directory
+    ``parent`` is bound to, kept per directory, so that what one directory holds
+    is read without going over every name the mount knows (a walk of a tree of N
+    names would cost N squared: each readdir looks for its unsent files).
+
+    Invariant: a directory with no bound name has no entry of its own."""
+
+    def __init__(self) -> None:
+        self._dirs: dict[int, dict[str, int]] = {}
+
+    def get(self, parent: int, name: str) -> int | None:
+        names_ = self._dirs.get(parent)
+        return names_.get(name) if names_ is not None else None
+
+    def bind(self, parent: int, name: str, ino: int) -> None:
+        self._dirs.setdefault(parent, {})[name] = ino
+
+    def unbind(self, parent: int, name: str) -> int | None:
+        """Remove ``name`` from ``parent``; the inode it was bound to, if any."""
+        names_ = self._dirs.get(parent)
+        if names_ is None:
+            return None
+        ino = names_.pop(name, None)
+        if not names_:
+            del self._dirs[parent]
+        return ino
+
+    def of(self, parent: int) -> dict[str, int]:
+        """A copy of ``parent``'s bindings, name -> inode (safe to hold across
+        awaits while the namespace changes)."""
+        return dict(self._dirs.get(parent, ()))
 
 
 @dataclass
@@ -220,7 +254,7 @@ class Namespace:
             ROOT_INODE: Inode(ROOT_INODE, ROOT_INODE, "", root_attr, expires=float("inf"),
                               lookups=1)
         }
-        self.children: dict[tuple[int, str], int] = {}
+        self.children = ChildIndex()
         self._next_ino = ROOT_INODE + 1
         ttl = max(self.tuning.ttl, 1e-9)
         # (parent ino, name) of names known not to exist.
@@ -313,7 +347,7 @@ class Namespace:
                           local=local)
             self._next_ino += 1
             self.inodes[inode.ino] = inode
-            self.children[(parent.ino, name)] = inode.ino
+            self.children.bind(parent.ino, name, inode.ino)
         inode.expires = self._expiry()
         return inode
 
@@ -323,20 +357,30 @@ class Namespace:
         return inode.local or inode.ino in self.pending
 
     def _detach(self, parent_ino: int, name: str) -> None:
-        ino = self.children.pop((parent_ino, name), None)
+        ino = self.children.unbind(parent_ino, name)
         if ino is not None:
             self._maybe_drop(ino)
 
     def child(self, parent_ino: int, name: str) -> Inode | None:
         """The inode bound to ``name`` in ``parent_ino`` now, if any (no request)."""
-        ino = self.children.get((parent_ino, name))
+        ino = self.children.get(parent_ino, name)
         return self.inodes.get(ino) if ino is not None else None
+
+    def below(self, top: Inode) -> list[Inode]:
+        """``top`` and every inode bound at any depth below it (no request)."""
+        found, todo = [], [top]
+        while todo:
+            inode = todo.pop()
+            found.append(inode)
+            if inode.is_dir():
+                todo.extend(self.inodes[c] for c in self.children.of(inode.ino).values())
+        return found
 
     def linked(self, inode: Inode) -> bool:
         """Whether ``inode`` still has its name (not unlinked, renamed over or
         forgotten)."""
         return inode.ino == ROOT_INODE or \
-            self.children.get((inode.parent, inode.name)) == inode.ino
+            self.children.get(inode.parent, inode.name) == inode.ino
 
     def _maybe_drop(self, ino: int) -> None:
         inode = self.inodes.get(ino)
@@ -354,7 +398,7 @@ class Namespace:
             # Forgotten by the kernel (which forgets children before their parent):
             # the next lookup of the name builds a fresh inode.
             if self.linked(inode):
-                del self.children[(inode.parent, inode.name)]
+                self.children.unbind(inode.parent, inode.name)
             self._maybe_drop(ino)
 
     def _keep_listing(self, ino: int, listing: Listing) -> None:
@@ -815,8 +859,8 @@ class Namespace:
                 self._ready_ahead(plan, 0, self.tuning.walk_window)
         # New files not yet uploaded are part of the directory too.
         listed = {n for n, _ in result}
-        for (p, name), cino in list(self.children.items()):
-            if p == ino and name not in listed and self.inodes[cino].local:
+        for name, cino in self.children.of(ino).items():
+            if name not in listed and self.inodes[cino].local:
                 result.append((name, self.inodes[cino]))
         return result
 
@@ -1086,11 +1130,11 @@ class Namespace:
         """The inode ``name`` is bound to now: ``inode`` again if the kernel forgot it
         while we awaited (its FORGET runs between our awaits), unless another inode
         took the name meanwhile."""
-        ino = self.children.get((parent.ino, name))
+        ino = self.children.get(parent.ino, name)
         if ino is not None and ino in self.inodes:
             return self.inodes[ino]
         self.inodes[inode.ino] = inode
-        self.children[(parent.ino, name)] = inode.ino
+        self.children.bind(parent.ino, name, inode.ino)
         return inode
 
     def _bind_entry(self, parent: Inode, e: DirEntry) -> Inode | None:
@@ -1259,7 +1303,7 @@ class Namespace:
         return inode
 
     async def _has_children(self, inode: Inode) -> bool:
-        if any(p == inode.ino and self.inodes[c].local for (p, _), c in self.children.items()):
+        if any(self.inodes[c].local for c in self.children.of(inode.ino).values()):
             return True
         key = self.key_of(inode)
         page = await self.aclient.list_objects(prefix=key + "/", max_keys=2)
@@ -1574,9 +1618,9 @@ class Namespace:
     def _move_inode(self, src: Inode, src_parent: Inode, old_name: str, dst_parent: Inode,
                     new_name: str) -> None:
         self._detach(dst_parent.ino, new_name)
-        self.children.pop((src_parent.ino, old_name), None)
+        self.children.unbind(src_parent.ino, old_name)
         src.parent, src.name = dst_parent.ino, new_name
-        self.children[(dst_parent.ino, new_name)] = src.ino
+        self.children.bind(dst_parent.ino, new_name, src.ino)
         self.negative.pop((dst_parent.ino, new_name), None)
         if self._cache_on:
             self.negative[(src_parent.ino, old_name)] = True

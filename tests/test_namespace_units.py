@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cosfs.namespace import chunked
+from cosfs.namespace import ChildIndex, chunked
 
 
 def test_chunked_keeps_order_and_every_item():
@@ -27,3 +27,25 @@ def test_chunked_fills_every_round_evenly():
     assert len(chunks) == 86
     # Enough for one round: as small as keeps every slot busy.
     assert {len(c) for c in chunked(list(range(96)), 48, 8)} == {2}
+
+
+def test_child_index_binds_names_per_directory():
+    index = ChildIndex()
+    index.bind(1, "a", 10)
+    index.bind(1, "b", 11)
+    index.bind(2, "a", 12)
+    assert index.get(1, "a") == 10 and index.get(2, "a") == 12
+    assert index.get(3, "a") is None and index.get(1, "c") is None
+    assert index.of(1) == {"a": 10, "b": 11}
+    index.bind(1, "a", 13)  # the name now stands for another inode
+    assert index.of(1) == {"a": 13, "b": 11}
+
+
+def test_child_index_unbinds_and_forgets_empty_directories():
+    index = ChildIndex()
+    index.bind(1, "a", 10)
+    held = index.of(1)
+    assert index.unbind(1, "a") == 10
+    assert index.unbind(1, "a") is None and index.unbind(5, "x") is None
+    assert index.of(1) == {} and held == {"a": 10}  # what was read stays as read
+    assert not index._dirs  # no entry is left behind for a directory with no names
