@@ -333,7 +333,7 @@ class Namespace:
                 local: bool = False) -> Inode:
         """Bind ``name`` in ``parent`` to an inode with ``attr``, reusing the inode
         already bound there when it is of the same type."""
-        self.negative.pop((parent.ino, name), None)
+        self._exists(parent.ino, name)
         inode = self.child(parent.ino, name)
         if inode is not None and inode.attr.kind == attr.kind:
             if not self._authoritative(inode):
@@ -350,6 +350,15 @@ class Namespace:
             self.children.bind(parent.ino, name, inode.ino)
         inode.expires = self._expiry()
         return inode
+
+    def _exists(self, parent_ino: int, name: str) -> None:
+        """Forget that ``name`` was missing from ``parent_ino``."""
+        # Asked first: a name bound from a listing rarely has a negative entry,
+        # and TTLCache.pop of an absent key costs five times a lookup (readdir of
+        # a large listing binds every name).
+        if (parent_ino, name) in self.negative:
+            with contextlib.suppress(KeyError):  # expired since: removed all the same
+                del self.negative[(parent_ino, name)]
 
     def _authoritative(self, inode: Inode) -> bool:
         """What we hold for ``inode`` is newer than the server's (unsent data, or
@@ -1621,7 +1630,7 @@ class Namespace:
         self.children.unbind(src_parent.ino, old_name)
         src.parent, src.name = dst_parent.ino, new_name
         self.children.bind(dst_parent.ino, new_name, src.ino)
-        self.negative.pop((dst_parent.ino, new_name), None)
+        self._exists(dst_parent.ino, new_name)
         if self._cache_on:
             self.negative[(src_parent.ino, old_name)] = True
         self._note_change(src_parent, old_name, None)
