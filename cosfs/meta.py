@@ -60,7 +60,7 @@ class Defaults:
     use_metadata: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Attr:
     """What the filesystem knows of one file, directory or symlink.
 

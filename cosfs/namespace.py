@@ -80,7 +80,7 @@ COPY_PART = 1024**3
 RELIST_MAX = 1000
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Inode:
     ino: int
     parent: int
@@ -132,7 +132,7 @@ class ChildIndex:
         return dict(self._dirs.get(parent, ()))
 
 
-@dataclass
+@dataclass(slots=True)
 class DirEntry:
     """One name of a listing. ``info`` is None for a directory."""
 

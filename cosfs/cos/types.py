@@ -25,7 +25,7 @@ CONTENT_HEADERS = ("Cache-Control", "Content-Disposition", "Content-Encoding",
                    "Content-Language", "Expires")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """What HEAD Object (or one ``<Contents>`` entry of a listing) says of a key.
 
