@@ -8,7 +8,9 @@ FUSE requests never starts more connections than the client's pool holds.
 It also runs the DELETEs nobody needs to wait for (the old key of a renamed file)
 in the background, and fences them: a call that names such a key, or lists a
 prefix of it, waits until it is gone, so no request ever sees the key or races
-its deletion.
+its deletion. Those DELETEs linger a moment and go out together, one Delete
+Multiple request for up to 1000 keys: rsync renames every file it writes, and a
+request per old name cost the mount and the server as much CPU as the copy did.
 """
 
 from __future__ import annotations
@@ -21,10 +23,21 @@ from typing import Any, TypeVar
 import trio
 
 from .background import TaskSet
+from .cos import CosError
+from .cos.client import DELETE_BATCH
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# How long a background DELETE waits for others to share its request. Nobody waits
+# for it meanwhile: a request of this mount that must see the key gone sends the
+# batch at once (see _fence); only other clients see the old name that much longer.
+DELETE_LINGER = 0.05
+
+# Answers of a store that has no Delete Multiple (some S3-compatible ones): the
+# keys are deleted one by one from then on.
+_NO_MULTI_DELETE = {400, 405, 501}
 
 
 class AsyncClient:
@@ -38,13 +51,21 @@ class AsyncClient:
     ``_deleting``; every call whose string arguments include that key, or whose
     ``prefix`` argument starts it, first waits for the delete to end. So a later
     PUT or COPY to the key lands after the DELETE, and a HEAD or LIST never shows
-    it. Used from the trio thread only.
+    it. A key waits in ``_queued`` until the one batching task sends it (after
+    ``DELETE_LINGER``, or at once when ``_hurry`` is set), then stays in
+    ``_deleting`` until its request has ended. Used from the trio thread only.
     """
 
-    def __init__(self, client: Any, max_in_flight: int = 32) -> None:
+    def __init__(self, client: Any, max_in_flight: int = 32,
+                 delete_linger: float = DELETE_LINGER) -> None:
         self.sync = client
         self.limiter = trio.CapacityLimiter(max_in_flight)
+        self.delete_linger = delete_linger
         self._deleting: dict[str, trio.Event] = {}
+        self._queued: list[str] = []
+        self._hurry = trio.Event()
+        self._batching = False
+        self._multi_delete = True
         self._deletes = TaskSet("deletes")
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -85,32 +106,71 @@ class AsyncClient:
         """Delete ``key`` in the background (a renamed file's old key: the rename
         need not wait for it). Calls that name the key wait for it (see the class
         invariant); :meth:`wait_deletes` waits for all. A delete that fails after
-        the client's retries is logged (and counted in the client's statistics):
-        the old name then shows again, next to the new one, with the same bytes."""
+        the client's retries is logged: the old name then shows again, next to the
+        new one, with the same bytes."""
         if key in self._deleting:
             return
-        done = self._deleting[key] = trio.Event()
-        self._deletes.spawn(self._delete, key, done)
+        self._deleting[key] = trio.Event()
+        self._queued.append(key)
+        if len(self._queued) >= DELETE_BATCH:
+            self._hurry.set()
+        if not self._batching:
+            self._batching = True
+            self._deletes.spawn(self._send_deletes)
 
-    async def _delete(self, key: str, done: trio.Event) -> None:
+    async def _send_deletes(self) -> None:
+        """The batching task: sends the queued keys, a batch at a time, until none
+        is left (one task at most, so batches never overlap)."""
         try:
-            await self._run(self.sync.delete_object, key)
-        except Exception as exc:  # noqa: BLE001 - reported here, nobody else waits for it
-            log.error("could not delete %r after renaming it: %s", key, exc)
+            while self._queued:
+                with trio.move_on_after(self.delete_linger):
+                    await self._hurry.wait()
+                self._hurry = trio.Event()
+                batch = self._queued[:DELETE_BATCH]
+                del self._queued[:DELETE_BATCH]
+                try:
+                    await self._delete_batch(batch)
+                finally:
+                    for key in batch:
+                        self._deleting.pop(key).set()
         finally:
-            del self._deleting[key]
-            done.set()
+            self._batching = False
+
+    async def _delete_batch(self, keys: list[str]) -> None:
+        if len(keys) > 1 and self._multi_delete:
+            try:
+                failed = await self._run(self.sync.delete_objects, keys)
+            except CosError as exc:
+                if exc.status in _NO_MULTI_DELETE:
+                    log.warning("the store refused Delete Multiple (%s); deleting renamed "
+                                "files' old keys one by one", exc)
+                    self._multi_delete = False
+            except Exception as exc:  # noqa: BLE001 - each key is tried on its own below
+                log.warning("Delete Multiple of %d keys failed (%s); deleting them one by "
+                            "one", len(keys), exc)
+            else:
+                for err in failed:
+                    log.error("could not delete %r after renaming it: %s %s", err.key,
+                              err.code, err.message)
+                return
+        for key in keys:
+            try:
+                await self._run(self.sync.delete_object, key)
+            except Exception as exc:  # noqa: BLE001 - reported here, nobody else waits for it
+                log.error("could not delete %r after renaming it: %s", key, exc)
 
     async def wait_deletes(self, prefix: str | None = None) -> None:
         """Wait until no background delete runs (under ``prefix``, if given: the
         ``fsync`` of a directory)."""
         if prefix is None:
+            self._hurry.set()
             await self._deletes.wait_idle()
         else:
             await self._fence((), {"prefix": prefix})
 
     async def _fence(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         while blocking := self._blocking(args, kwargs):
+            self._hurry.set()  # someone waits: no lingering for company
             await blocking[0].wait()
 
     def _blocking(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[trio.Event]:

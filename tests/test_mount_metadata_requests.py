@@ -196,19 +196,21 @@ def check_rsync_copy(src: str, m) -> None:
     assert "Number of regular files transferred: 0" in out
 
 
-def test_rsync_costs_one_put_one_copy_one_delete_per_file(mounter, cos_server, tmp_path):
+def test_rsync_costs_one_put_one_copy_per_file_and_shared_deletes(mounter, cos_server,
+                                                                   tmp_path):
     src, n = rsync_source(tmp_path), RSYNC_FILES
     m = mounter()
     cos_server.reset_stats()
     run("rsync", "-a", f"{src}/", f"{m.path / 'dst'}/")
     m.unmount()  # stores what is still deferred
     counts = ops(cos_server)
-    # Per file: the PUT at close, the copy of the rename, which carries rsync's
-    # utime and chmod, and the DELETE. Per directory (dst, sub): the marker of the
-    # mkdir and one copy onto itself for the mode and mtime rsync sets last.
+    # Per file: the PUT at close and the copy of the rename, which carries rsync's
+    # utime and chmod; the temporary names' DELETEs go out together. Per directory
+    # (dst, sub): the marker of the mkdir and one copy onto itself for the mode and
+    # mtime rsync sets last.
     assert counts.get("PutObject", 0) == n + 2
     assert n <= counts.get("PutObjectCopy", 0) <= n + 2
-    assert counts.get("DeleteObject", 0) == n
+    assert counts.get("DeleteObject", 0) + counts.get("DeleteMultipleObjects", 0) < n // 2
     assert counts.get("HeadObject", 0) + counts.get("ListObjects", 0) <= 4
     check_rsync_copy(src, m)
 
@@ -333,6 +335,47 @@ def test_a_renamed_files_old_key_is_deleted_in_the_background_and_fenced(
             client.head_object(gone)
         assert exc.value.status == 404
     assert client.get_object("mv/g") == b"third"
+
+
+def test_the_old_keys_of_renames_in_a_row_go_in_one_request(mounter, client, cos_server):
+    """rsync renames every file it writes: the old keys' DELETEs wait a moment for
+    each other and go as one Delete Multiple, not a request per file."""
+    m = mounter()
+    d = m.path / "rs"
+    d.mkdir()
+    n = 30
+    for i in range(n):
+        (d / f".f{i}.tmp").write_bytes(b"%d" % i)
+    cos_server.reset_stats()
+    for i in range(n):
+        os.rename(d / f".f{i}.tmp", d / f"f{i}")
+    fsync_dir(d)  # the directory's fsync sends what still lingers
+    counts = ops(cos_server)
+    assert counts.get("DeleteMultipleObjects", 0) >= 1
+    assert counts.get("DeleteObject", 0) + counts.get("DeleteMultipleObjects", 0) < n // 2
+    assert keys(client) == ["rs/"] + sorted(f"rs/f{i}" for i in range(n))
+    assert [client.get_object(f"rs/f{i}") for i in range(n)] == [b"%d" % i for i in range(n)]
+
+
+def test_a_store_without_delete_multiple_gets_one_delete_per_old_key(
+        mounter, client, cos_server):
+    m = mounter()
+    for i in range(6):
+        (m.path / f"a{i}").write_bytes(b"x")
+    cos_server.set_faults("DeleteMultipleObjects", error_rate=1.0, error_status=501)
+    try:
+        for i in range(6):
+            os.rename(m.path / f"a{i}", m.path / f"b{i}")
+        fsync_dir(m.path)
+        assert keys(client) == [f"b{i}" for i in range(6)]
+        cos_server.reset_stats()
+        for i in range(6, 9):  # from now on, without asking again
+            os.rename(m.path / f"b{i - 6}", m.path / f"c{i}")
+        fsync_dir(m.path)
+    finally:
+        cos_server.clear_faults()
+    assert "DeleteMultipleObjects" not in ops(cos_server)
+    assert keys(client) == [f"b{i}" for i in range(3, 6)] + [f"c{i}" for i in range(6, 9)]
 
 
 def test_metadata_changes_of_a_closed_file_share_one_request(mounter, client, cos_server):
