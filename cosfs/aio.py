@@ -36,8 +36,9 @@ T = TypeVar("T")
 DELETE_LINGER = 0.05
 
 # Answers of a store that has no Delete Multiple (some S3-compatible ones): the
-# keys are deleted one by one from then on.
-_NO_MULTI_DELETE = {400, 405, 501}
+# keys are deleted one by one from then on. Any other failure falls back for that
+# batch only (a 400 may be a RequestTimeout).
+_NO_MULTI_DELETE = {405, 501}
 
 
 class AsyncClient:

@@ -109,3 +109,16 @@ def test_keys_the_store_refused_are_logged(caplog) -> None:
     run(go, rec, 0.01)
     assert rec.calls == [("multi", ["a", "b"])]
     assert "could not delete 'b' after renaming it: AccessDenied" in caplog.text
+
+
+def test_a_failed_delete_multiple_falls_back_for_that_batch_only() -> None:
+    async def go(c: AsyncClient) -> None:
+        for batch in (("a", "b"), ("c", "d")):
+            for k in batch:
+                c.delete_soon(k)
+            await c.wait_deletes()
+
+    rec = Recorder(CosError(400, "RequestTimeout", operation="DeleteMultipleObjects"))
+    run(go, rec, 0.01)
+    assert rec.calls == [("multi", ["a", "b"]), ("one", "a"), ("one", "b"),
+                         ("multi", ["c", "d"]), ("one", "c"), ("one", "d")]
