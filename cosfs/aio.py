@@ -136,6 +136,7 @@ class AsyncClient:
                         self._deleting.pop(key).set()
         finally:
             self._batching = False
+            self._hurry = trio.Event()  # nothing is queued: the next key lingers again
 
     async def _delete_batch(self, keys: list[str]) -> None:
         if len(keys) > 1 and self._multi_delete:
@@ -164,7 +165,8 @@ class AsyncClient:
         """Wait until no background delete runs (under ``prefix``, if given: the
         ``fsync`` of a directory)."""
         if prefix is None:
-            self._hurry.set()
+            if self._queued:
+                self._hurry.set()
             await self._deletes.wait_idle()
         else:
             await self._fence((), {"prefix": prefix})

@@ -122,3 +122,21 @@ def test_a_failed_delete_multiple_falls_back_for_that_batch_only() -> None:
     run(go, rec, 0.01)
     assert rec.calls == [("multi", ["a", "b"]), ("one", "a"), ("one", "b"),
                          ("multi", ["c", "d"]), ("one", "c"), ("one", "d")]
+
+
+def test_after_a_hurried_batch_the_next_key_lingers_again() -> None:
+    """A request that hurried one batch does not leave the next key without its
+    linger (so renames after it still share a request)."""
+    async def go(c: AsyncClient) -> None:
+        c.delete_soon("a")
+        await c.head_object("a")  # hurries a's batch
+        await c.wait_deletes()
+        c.delete_soon("b")
+        c.delete_soon("c")
+        await trio.sleep(0.01)  # well inside the linger
+        c.delete_soon("d")
+        await c.wait_deletes()
+
+    rec = Recorder()
+    run(go, rec, 0.2)
+    assert rec.calls == [("one", "a"), ("head", "a"), ("multi", ["b", "c", "d"])]
