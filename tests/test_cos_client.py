@@ -245,6 +245,16 @@ def test_delete_and_delete_multiple_in_batches(cos_server, client: CosClient) ->
     assert client.delete_objects([]) == []
 
 
+def test_keys_a_delete_multiple_refuses_are_returned_and_counted(client: CosClient) -> None:
+    client.put_object("plain", b"x")
+    too_long = "k" * 900  # over the 850 bytes COS stores: refused alone, in the answer
+    failed = client.delete_objects(["plain", too_long])
+    assert [(e.key, e.code) for e in failed] == [(too_long, "KeyTooLong")]
+    assert client.list_objects(prefix="plain").contents == []
+    counters = client.stats()["DeleteMultipleObjects"]
+    assert (counters["calls"], counters["errors"]) == (1, 1)
+
+
 def test_multipart_every_operation(client: CosClient, tmp_path: Path) -> None:
     src = rand(3 * PART, seed=3)
     client.put_object("copy-source", src)

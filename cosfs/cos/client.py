@@ -320,14 +320,19 @@ class CosClient:
                 raise
 
     def delete_objects(self, keys: Iterable[str]) -> list[DeleteError]:
-        """Delete many keys, 1000 per request; returns the keys that failed."""
+        """Delete many keys, 1000 per request; returns the keys that failed. Each
+        of those counts as an error of ``DeleteMultipleObjects`` in :meth:`stats`
+        (its request succeeded, so nothing else would show it)."""
         keys = list(keys)
         errors: list[DeleteError] = []
         for i in range(0, len(keys), DELETE_BATCH):
             body = build_delete(keys[i:i + DELETE_BATCH], quiet=True, xmlns=self._xmlns)
             call = _Call("DeleteMultipleObjects", "POST", "", {"delete": None},
                          {"Content-Type": "application/xml"}, Payload(body))
-            errors.extend(self._fetch(call, parse_delete_result))
+            failed = self._fetch(call, parse_delete_result)
+            if failed:
+                self._stats.add(call.op, errors=len(failed))
+            errors.extend(failed)
         return errors
 
     # -- multipart ---------------------------------------------------------------------
