@@ -16,6 +16,7 @@ request per old name cost the mount and the server as much CPU as the copy did.
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, TypeVar
@@ -53,8 +54,9 @@ class AsyncClient:
     ``prefix`` argument starts it, first waits for the delete to end. So a later
     PUT or COPY to the key lands after the DELETE, and a HEAD or LIST never shows
     it. A key waits in ``_queued`` until the one batching task sends it (after
-    ``DELETE_LINGER``, or at once when ``_hurry`` is set), then stays in
-    ``_deleting`` until its request has ended. Used from the trio thread only.
+    ``DELETE_LINGER``, or at once when ``_hurry`` is set: someone waits for a key
+    still queued), then stays in ``_deleting`` until its request has ended. Used
+    from the trio thread only.
     """
 
     def __init__(self, client: Any, max_in_flight: int = 32,
@@ -63,7 +65,7 @@ class AsyncClient:
         self.limiter = trio.CapacityLimiter(max_in_flight)
         self.delete_linger = delete_linger
         self._deleting: dict[str, trio.Event] = {}
-        self._queued: list[str] = []
+        self._queued: dict[str, None] = {}  # in order, and quick to look up
         self._hurry = trio.Event()
         self._batching = False
         self._multi_delete = True
@@ -112,7 +114,7 @@ class AsyncClient:
         if key in self._deleting:
             return
         self._deleting[key] = trio.Event()
-        self._queued.append(key)
+        self._queued[key] = None
         if len(self._queued) >= DELETE_BATCH:
             self._hurry.set()
         if not self._batching:
@@ -127,8 +129,9 @@ class AsyncClient:
                 with trio.move_on_after(self.delete_linger):
                     await self._hurry.wait()
                 self._hurry = trio.Event()
-                batch = self._queued[:DELETE_BATCH]
-                del self._queued[:DELETE_BATCH]
+                batch = list(itertools.islice(self._queued, DELETE_BATCH))
+                for key in batch:
+                    del self._queued[key]
                 try:
                     await self._delete_batch(batch)
                 finally:
@@ -173,16 +176,19 @@ class AsyncClient:
 
     async def _fence(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         while blocking := self._blocking(args, kwargs):
-            self._hurry.set()  # someone waits: no lingering for company
-            await blocking[0].wait()
+            if any(key in self._queued for key in blocking):
+                self._hurry.set()  # someone waits: no lingering for company
+            # (A key already in flight needs no hurry: setting it would send the
+            # keys queued since without the rest of their linger.)
+            await self._deleting[blocking[0]].wait()
 
-    def _blocking(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[trio.Event]:
-        """The running deletes a call with these arguments must wait for."""
-        events = [self._deleting[a] for a in _strings(args) if a in self._deleting]
+    def _blocking(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
+        """The keys, queued or in flight, a call with these arguments must wait for."""
+        keys = [a for a in _strings(args) if a in self._deleting]
         prefix = kwargs.get("prefix")
         if isinstance(prefix, str):
-            events += [e for k, e in self._deleting.items() if k.startswith(prefix)]
-        return events
+            keys += [k for k in self._deleting if k.startswith(prefix)]
+        return keys
 
 
 def _strings(args: Iterable[Any]) -> Iterable[str]:

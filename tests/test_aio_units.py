@@ -3,6 +3,7 @@ logic, against a client that records its calls; the mount tests cover the store)
 
 from __future__ import annotations
 
+import threading
 import time
 
 import trio
@@ -140,3 +141,31 @@ def test_after_a_hurried_batch_the_next_key_lingers_again() -> None:
     rec = Recorder()
     run(go, rec, 0.2)
     assert rec.calls == [("one", "a"), ("head", "a"), ("multi", ["b", "c", "d"])]
+
+
+def test_waiting_for_a_key_in_flight_leaves_the_queued_keys_their_linger() -> None:
+    """Only a key still queued is worth hurrying: one already sent gains nothing,
+    and the keys queued since would go without the others that join them."""
+    gate = threading.Event()
+
+    class Held(Recorder):
+        def delete_object(self, key: str) -> None:
+            gate.wait(5)
+            super().delete_object(key)
+
+    async def go(c: AsyncClient) -> None:
+        c.delete_soon("a")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(c.head_object, "a")  # hurries a: sent, held at the gate
+            await trio.sleep(0.05)
+            c.delete_soon("c")
+            nursery.start_soon(c.head_object, "a")  # waits for a, already in flight
+            await trio.sleep(0.05)
+            gate.set()
+            await trio.sleep(0.05)  # c lingers on past a's end...
+            c.delete_soon("d")  # ...so d joins it
+        await c.wait_deletes()
+
+    rec = Held()
+    run(go, rec, 0.5)
+    assert rec.calls == [("one", "a"), ("head", "a"), ("head", "a"), ("multi", ["c", "d"])]
