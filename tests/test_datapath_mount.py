@@ -4,11 +4,15 @@ killed mount, faults, and the memory bound."""
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import mmap
 import os
 import random
 import resource
 import sqlite3
+import subprocess
 import threading
 import time
 
@@ -152,6 +156,36 @@ def test_sparse_truncate_and_random_writes(mounter, client) -> None:
             expected[off:off + len(data)] = data
     assert p.read_bytes() == expected
     assert client.get_object("sparse.bin") == expected
+
+
+def test_calls_without_a_handler_fail_cleanly_or_fall_back(mounter, client) -> None:
+    """What docs/SEMANTICS.md says of fallocate, copy_file_range, SEEK_HOLE and
+    locks: the kernel answers them (or refuses) without the mount's help."""
+    m = mounter()
+    p = m.path / "f.bin"
+    p.write_bytes(b"abc")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    fd = os.open(p, os.O_RDWR)
+    try:
+        for mode in (0, 1, 3):  # plain, KEEP_SIZE, PUNCH_HOLE | KEEP_SIZE
+            assert libc.fallocate(fd, mode, 0, 4096) == -1
+            assert ctypes.get_errno() == errno.EOPNOTSUPP
+        os.posix_fallocate(fd, 0, MiB)  # glibc writes instead
+        assert os.lseek(fd, 10, os.SEEK_DATA) == 10
+        assert os.lseek(fd, 10, os.SEEK_HOLE) == MiB  # all of it reads as data
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        other = subprocess.run(["flock", "--nonblock", str(p), "true"], check=False)
+        assert other.returncode == 1  # held by this process, on this machine
+        copy = os.open(m.path / "copy.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+        try:
+            assert os.copy_file_range(fd, copy, 2 * MiB, 0) == MiB
+        finally:
+            os.close(copy)
+    finally:
+        os.close(fd)
+    assert client.get_object("f.bin") == b"abc" + bytes(MiB - 3)
+    assert client.get_object("copy.bin") == b"abc" + bytes(MiB - 3)
 
 
 def test_sqlite_database_and_mmap_work(mounter, client) -> None:
