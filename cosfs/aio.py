@@ -109,8 +109,9 @@ class AsyncClient:
         """Delete ``key`` in the background (a renamed file's old key: the rename
         need not wait for it). Calls that name the key wait for it (see the class
         invariant); :meth:`wait_deletes` waits for all. A delete that fails after
-        the client's retries is logged: the old name then shows again, next to the
-        new one, with the same bytes."""
+        the client's retries, or a key a Delete Multiple refuses, is logged and
+        counted in the client's statistics (``cosfs status``): the old name then
+        shows again, next to the new one, with the same bytes."""
         if key in self._deleting:
             return
         self._deleting[key] = trio.Event()
