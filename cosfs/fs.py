@@ -353,7 +353,7 @@ class Operations(pyfuse3.Operations):
             else:
                 # Nothing pending (an open file not written to, even if truncated to
                 # its own size): only a copy onto itself stores the metadata (and
-                # keeps what else the object has: Namespace._kept_by_copy).
+                # keeps what else the object has: copies.kept_by_copy).
                 if defer and self.ns.can_defer(node):
                     # The copy waits a moment for the next change (rsync's utime,
                     # then chmod) or the rename that carries it. Open handles do not

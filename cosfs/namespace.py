@@ -59,7 +59,7 @@ from typing import TypeVar
 import cachetools
 import trio
 
-from cosfs import meta, names
+from cosfs import copies, meta, names
 from cosfs.aio import AsyncClient
 from cosfs.background import TaskSet
 from cosfs.cos import CosError, ListPage, ObjectInfo
@@ -70,11 +70,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ROOT_INODE = 1
-# Storage classes whose objects COS refuses to copy until restored.
-_UNCOPYABLE = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})
-# Server-side copy of one object is limited to 5 GB; larger ones go part by part.
-COPY_LIMIT = 5 * 1024**3
-COPY_PART = 1024**3
 # A directory whose latest listing had at most this many entries (one page) is
 # listed again, not asked about name by name, once that listing expired.
 RELIST_MAX = 1000
@@ -1355,7 +1350,7 @@ class Namespace:
                 # without rewriting the data: refuse rather than pretend.
                 raise OSError(errno.EOPNOTSUPP, "appendable objects keep their metadata")
             await self._settle(inode.ino)
-            attr = await self._kept_by_copy(key, attr)
+            attr = await copies.kept_by_copy(self.aclient, key, attr)
             etag = await self.aclient.copy_object(
                 key, key, metadata=meta.metadata_for(attr),
                 content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
@@ -1379,8 +1374,7 @@ class Namespace:
         if inode.is_dir():
             return inode.has_marker and inode.ino != ROOT_INODE
         # Archived objects cannot be copied: their chmod must fail now (EACCES).
-        return stat.S_ISREG(a.mode) and bool(a.etag) and not a.appendable \
-            and a.size <= COPY_LIMIT and a.storage_class not in _UNCOPYABLE
+        return stat.S_ISREG(a.mode) and bool(a.etag) and copies.copyable(a)
 
     async def defer_attr(self, inode: Inode, attr: Attr) -> None:
         """Take new metadata of a clean file or a directory's marker
@@ -1451,7 +1445,7 @@ class Namespace:
             return
         done = self._applying[ino] = trio.Event()
         try:
-            attr = await self._kept_by_copy(p.key, p.attr)
+            attr = await copies.kept_by_copy(self.aclient, p.key, p.attr)
             etag = await self.aclient.copy_object(
                 p.key, p.key, metadata=meta.metadata_for(attr),
                 content_type=attr.content_type or p.content_type, if_match=p.etag,
@@ -1648,9 +1642,13 @@ class Namespace:
         carry = self._take_pending(src.ino)
         retype = meta.retyped(src.attr.content_type, old_key, new_key, self.guess_type) \
             if stat.S_ISREG(src.attr.mode) else None  # a symlink's type means nothing
+        # The copy carries the deferred metadata, on condition that the object is
+        # still the one it was for.
+        carried = {} if carry is None else {"rewrite": True, "if_match": carry.etag,
+                                             "default_type": carry.content_type}
         try:
-            info = await self.copy_object(old_key, new_key, src.attr, carry=carry,
-                                          retype=retype)
+            info = await copies.copy_object(self.aclient, old_key, new_key, src.attr,
+                                            retype=retype, **carried)
         except CosError as exc:
             if carry is None or exc.status != 412:
                 if carry is not None:
@@ -1659,7 +1657,8 @@ class Namespace:
             log.warning("%r changed on the server before its new metadata was stored; "
                         "it keeps the server's", old_key)
             src.expires = 0.0
-            info = await self.copy_object(old_key, new_key, src.attr, retype=retype)
+            info = await copies.copy_object(self.aclient, old_key, new_key, src.attr,
+                                            retype=retype)
         if retype is not None:
             src.attr.content_type = retype
         # The new key is complete: the rename is done. Requests naming the old key
@@ -1671,87 +1670,6 @@ class Namespace:
         src.attr.etag = info
         if cached is not None:
             self.object_attrs[new_key] = (info, src.attr)
-
-    async def copy_object(self, src_key: str, dst_key: str, attr: Attr,
-                          carry: PendingMeta | None = None, retype: str | None = None
-                          ) -> str:
-        """Server-side copy keeping metadata; returns the new ETag. With ``carry``
-        the copy replaces the metadata with ``attr``'s, on condition that the
-        source is still the object ``carry`` was for (else CosError 412); with
-        ``retype`` it gets that Content-Type. Objects over 5 GB are copied part by
-        part; appendable ones (which COS cannot copy) are re-appended from a
-        download, so they stay appendable; both always write ``attr``'s metadata."""
-        if carry is None and retype is None and attr.size <= COPY_LIMIT \
-                and not attr.appendable:
-            return await self.aclient.copy_object(src_key, dst_key,
-                                                  storage_class=attr.storage_class)
-        attr = await self._kept_by_copy(src_key, attr)  # the rest writes attr's
-        if retype is not None:
-            attr = replace(attr, content_type=retype)
-        elif not attr.content_type and carry is not None:
-            attr = replace(attr, content_type=carry.content_type)
-        if attr.appendable:
-            return await self._copy_appendable(src_key, dst_key, attr)
-        if attr.size <= COPY_LIMIT:
-            return await self.aclient.copy_object(
-                src_key, dst_key, metadata=meta.metadata_for(attr),
-                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
-                if_match=carry.etag if carry is not None else None,
-                storage_class=attr.storage_class, content_headers=attr.content_headers)
-        from cosfs.cos import PartInfo
-
-        upload = await self.aclient.create_multipart_upload(
-            dst_key, content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
-            metadata=meta.metadata_for(attr), storage_class=attr.storage_class,
-            content_headers=attr.content_headers)
-        try:
-            parts: list[PartInfo] = []
-            async with trio.open_nursery() as nursery:
-                for n, start in enumerate(range(0, attr.size, COPY_PART), 1):
-                    end = min(start + COPY_PART, attr.size) - 1
-
-                    async def one(n: int = n, start: int = start, end: int = end) -> None:
-                        etag = await self.aclient.upload_part_copy(dst_key, upload, n, src_key,
-                                                                   start, end)
-                        parts.append(PartInfo(n, etag))
-
-                    nursery.start_soon(one)
-            parts.sort(key=lambda p: p.part_number)
-            return await self.aclient.complete_multipart_upload(dst_key, upload, parts)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.aclient.abort_multipart_upload(dst_key, upload)
-                except CosError:
-                    log.warning("could not abort multipart copy of %r", dst_key)
-            raise
-
-    async def _kept_by_copy(self, key: str, attr: Attr) -> Attr:
-        """``attr`` with what a copy replacing ``key``'s metadata must send again to
-        keep it: other tools' metadata, Content-Type and the like, storage class.
-        Known from a HEAD or an upload; for attributes that came from a listing only
-        (``-o listing_attrs``) a HEAD asks now."""
-        if attr.content_type or not attr.etag:
-            return attr
-        info = await self.aclient.head_object(key)
-        return replace(attr, **meta.kept_by_copies(info))
-
-    async def _copy_appendable(self, src_key: str, dst_key: str, attr: Attr) -> str:
-        chunk = 64 * 1024**2
-        position = 0
-        await self.aclient.delete_object(dst_key)
-        while position < attr.size or position == 0:
-            end = min(position + chunk, attr.size) - 1
-            data = (await self.aclient.get_object(src_key, position, end)
-                    if attr.size else b"")
-            await self.aclient.append_object(
-                dst_key, position, data,
-                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
-                metadata=meta.metadata_for(attr) if position == 0 else None)
-            position += len(data)
-            if not data:
-                break
-        return (await self.aclient.head_object(dst_key)).etag
 
     async def _move_tree(self, old_key: str, new_key: str) -> None:
         old_prefix, new_prefix = old_key + "/", new_key + "/"
@@ -1765,9 +1683,10 @@ class Namespace:
         async def copy_one(info: ObjectInfo) -> None:
             async with limit:
                 dst = new_prefix + info.key[len(old_prefix):]
-                if info.appendable or info.size > COPY_LIMIT:
+                if info.appendable or info.size > copies.COPY_LIMIT:
                     head = await self.aclient.head_object(info.key)
-                    await self.copy_object(info.key, dst, self._file_attr(head))
+                    await copies.copy_object(self.aclient, info.key, dst,
+                                             self._file_attr(head))
                 else:
                     await self.aclient.copy_object(info.key, dst,
                                                    storage_class=info.storage_class)
