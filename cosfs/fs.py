@@ -887,14 +887,14 @@ class Operations(pyfuse3.Operations):
             # A deferred chmod/utime goes up with the data (or alone if there was
             # none to send). Read-only handles leave it waiting: rsync opens the
             # file only to fchmod it, right before the rename that carries it.
-            await self.ns.apply_pending(h.inode.ino)
+            await self.ns.deferred.apply(h.inode.ino)
 
     @fuse_op
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
         if h.staged is not None:
             await self._flush_inode(h.inode, sync=True)
-        await self.ns.apply_pending(h.inode.ino)
+        await self.ns.deferred.apply(h.inode.ino)
 
     @fuse_op
     async def release(self, fh: int) -> None:
@@ -988,6 +988,6 @@ class Operations(pyfuse3.Operations):
             node = self.ns.inodes.get(ino)
             if node is not None:
                 await self._flush_inode(node, sync=True)
-        await self.ns.apply_all_pending()
+        await self.ns.deferred.apply_all()
         await self.ns.aclient.wait_deletes()
         await trio.sleep(0)

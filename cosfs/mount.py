@@ -320,8 +320,8 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
     report = await data.cache.recover()
     if report:
         log.warning("recovery: %s", report)
-    ns.journal = data.cache.journal  # deferred metadata survives a crash there
-    stored = 0 if p.args.ro else await ns.recover_metadata()
+    ns.deferred.journal = data.cache.journal  # deferred metadata survives a crash there
+    stored = 0 if p.args.ro else await ns.deferred.recover()
     if stored:
         log.warning("recovery: stored the metadata changes of %d objects", stored)
     ops = Operations(ns, data, read_only=bool(p.args.ro),

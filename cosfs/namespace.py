@@ -21,8 +21,8 @@ Invariants
       everything below it without touching the descendants.
     - An inode with ``local`` set (a new file not yet uploaded, or a file with dirty
       staged data) is authoritative: it is never revalidated against the server.
-      So is one in ``pending`` (new metadata waiting to be copied onto its object,
-      see ``defer_attr``); every pending entry has a journal row until stored.
+      So is one in ``deferred`` (new metadata waiting to be copied onto its object,
+      see ``defer_attr`` and :mod:`cosfs.deferred_meta`).
     - ``attr.partial`` (attributes from a listing only) is only ever seen by
       readdir; ``lookup``, ``getattr`` and ``complete`` return full attributes.
       A partial file is never a possible symlink (its size rules that out), and
@@ -63,7 +63,7 @@ from cosfs import copies, meta, names
 from cosfs.aio import AsyncClient
 from cosfs.background import TaskSet
 from cosfs.cos import CosError, ListPage, ObjectInfo
-from cosfs.journal import Journal, MetadataRecord
+from cosfs.deferred_meta import DeferredMetadata
 from cosfs.meta import Attr, Defaults
 
 log = logging.getLogger(__name__)
@@ -174,17 +174,6 @@ class MetaTuning:
 
 
 @dataclass
-class PendingMeta:
-    """New metadata of a clean file, not on its object yet (see ``defer_attr``)."""
-
-    key: str
-    etag: str  # the object it is for: stored only while the object is unchanged
-    attr: Attr
-    content_type: str
-    due: float  # trio clock: stored by then at the latest
-
-
-@dataclass
 class _FillPlan:
     """The partial entries of one listing, per kind, in listing order: what a
     completion fetches ahead (``ls -l`` stats files in this order)."""
@@ -284,12 +273,10 @@ class Namespace:
         self._unlisted_lookups: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._lookup_plans: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._heading: dict[str, trio.Event] = {}
-        # Deferred metadata (see ``defer_attr``): inode -> what its object must get,
-        # and the inodes whose self-copy is under way.
-        self.journal: Journal | None = None  # set by the mount: makes them survive a crash
-        self.pending: dict[int, PendingMeta] = {}
-        self._applying: dict[int, trio.Event] = {}
-        self._applier_running = False
+        # Metadata changes waiting for their copy (see ``defer_attr``); the mount
+        # gives it the cache's journal, so that they survive a crash.
+        self.deferred = DeferredMetadata(aclient, self.tuning.meta_delay,
+                                         self._metadata_stored, self._metadata_obsolete)
 
     @property
     def _cache_on(self) -> bool:
@@ -357,8 +344,8 @@ class Namespace:
 
     def _authoritative(self, inode: Inode) -> bool:
         """What we hold for ``inode`` is newer than the server's (unsent data, or
-        metadata waiting in ``pending``): never replaced by what the server says."""
-        return inode.local or inode.ino in self.pending
+        metadata waiting in ``deferred``): never replaced by what the server says."""
+        return inode.local or inode.ino in self.deferred
 
     def _detach(self, parent_ino: int, name: str) -> None:
         ino = self.children.unbind(parent_ino, name)
@@ -1278,7 +1265,7 @@ class Namespace:
             inode.attr.mtime_ns = int(info.last_modified * 1_000_000_000)
         inode.last_open_etag = info.etag
         inode.local = False
-        self._rebase_pending(inode.ino, info.etag, metadata)
+        self.deferred.rebase(inode.ino, info.etag, metadata)
         self.object_attrs[info.key] = (info.etag, replace(inode.attr, partial=False))
         parent = self._bound_parent(inode)
         if parent is not None:
@@ -1294,8 +1281,8 @@ class Namespace:
         if inode.is_dir():
             raise OSError(errno.EISDIR, "is a directory")
         key = self.key_of(inode)
-        await self._settle(inode.ino)
-        self._drop_pending(inode.ino)  # its object goes: nothing to store it on
+        await self.deferred.settle(inode.ino)
+        self.deferred.drop(inode.ino)  # its object goes: nothing to store it on
         if inode.attr.etag:  # a local-only file has nothing on the server yet
             await self.aclient.delete_object(key)
         self.object_attrs.pop(key, None)
@@ -1320,8 +1307,8 @@ class Namespace:
             raise OSError(errno.ENOTDIR, "not a directory")
         if await self._has_children(inode):
             raise OSError(errno.ENOTEMPTY, "directory not empty")
-        await self._settle(inode.ino)
-        self._drop_pending(inode.ino)  # a later copy would find no marker
+        await self.deferred.settle(inode.ino)
+        self.deferred.drop(inode.ino)  # a later copy would find no marker
         await self.aclient.delete_object(self.key_of(inode) + "/")
         self._detach(parent_ino, name)
         self._forget_listing(inode.ino)
@@ -1349,7 +1336,7 @@ class Namespace:
                 # COS cannot copy appendable objects, so their metadata cannot change
                 # without rewriting the data: refuse rather than pretend.
                 raise OSError(errno.EOPNOTSUPP, "appendable objects keep their metadata")
-            await self._settle(inode.ino)
+            await self.deferred.settle(inode.ino)
             attr = await copies.kept_by_copy(self.aclient, key, attr)
             etag = await self.aclient.copy_object(
                 key, key, metadata=meta.metadata_for(attr),
@@ -1357,7 +1344,7 @@ class Namespace:
                 storage_class=attr.storage_class, content_headers=attr.content_headers)
             attr.etag = etag
             self.object_attrs[key] = (etag, attr)
-            self._drop_pending(inode.ino)  # this copy carried everything
+            self.deferred.drop(inode.ino)  # this copy carried everything
         inode.attr = attr
         inode.expires = self._expiry()
 
@@ -1383,173 +1370,35 @@ class Namespace:
         follows carries them in its copy instead.
 
         ``inode`` shows ``attr`` at once; the server gets it within ``meta_delay``
-        seconds, or sooner: at :meth:`apply_pending` (fsync, close, unmount), a
+        seconds, or sooner: at ``deferred.apply`` (fsync, close, unmount), a
         rename (its copy carries it), an upload of the file (which carries it); an
         unlink drops it. It is recorded in the journal before this returns, and a
         mount after a crash stores it if the object is still the one it was for
-        (:meth:`recover_metadata`). Stored with the object's ETag as condition: an
-        object changed on the server meanwhile keeps its own metadata.
+        (``deferred.recover``). Stored with the object's ETag as condition: an
+        object changed on the server meanwhile keeps its own metadata. See
+        :mod:`cosfs.deferred_meta`.
         """
         if not meta.fits_metadata_limit(attr):
             raise OSError(errno.ENOSPC, "metadata larger than COS's 2 KB limit")
-        await self._settle(inode.ino)  # a self-copy under way still has the old values
+        await self.deferred.settle(inode.ino)  # a self-copy under way still has the old values
         key = self.key_of(inode)
         if inode.is_dir():
             key, ctype = key + "/", meta.DIR_CONTENT_TYPE  # the marker gets it
         else:
             ctype = attr.content_type or meta.DEFAULT_CONTENT_TYPE
-        if self.journal is not None:
-            # An unknown Content-Type (listing_attrs) is asked for at recovery.
-            known = ctype if inode.is_dir() or attr.content_type else None
-            self.journal.put_metadata(MetadataRecord(key, attr.etag,
-                                                     meta.metadata_for(attr), known))
-        old = self.pending.get(inode.ino)
-        due = old.due if old is not None else trio.current_time() + self.tuning.meta_delay
-        # A snapshot: what is stored is what was set, as with an immediate copy
-        # (a directory's in-memory mtime moves on with changes inside it).
-        self.pending[inode.ino] = PendingMeta(key, attr.etag, replace(attr), ctype, due)
+        # An unknown Content-Type (listing_attrs) is asked for at recovery.
+        self.deferred.defer(inode.ino, key, attr, ctype,
+                            known_type=inode.is_dir() or bool(attr.content_type))
         inode.attr = attr
         inode.expires = self._expiry()
-        if not self._applier_running:
-            self._applier_running = True
-            self._fill_tasks.spawn(self._apply_due)
 
-    async def _apply_due(self) -> None:
-        """Background: store pending metadata as it falls due, until none is left."""
-        try:
-            while self.pending:
-                now = trio.current_time()
-                due = [ino for ino, p in self.pending.items() if p.due <= now]
-                if not due:
-                    await trio.sleep(min(p.due for p in self.pending.values()) - now)
-                    continue
-                async with trio.open_nursery() as nursery:
-                    for ino in due:
-                        nursery.start_soon(self._apply_logged, ino)
-        finally:
-            self._applier_running = False
+    def _metadata_stored(self, key: str, etag: str, attr: Attr) -> None:
+        self.object_attrs[key] = (etag, attr)
 
-    async def _apply_logged(self, ino: int) -> None:
-        try:
-            await self.apply_pending(ino)
-        except (CosError, OSError) as exc:
-            log.warning("cannot store new metadata yet (%s); will try again", exc)
-
-    async def apply_pending(self, ino: int) -> None:
-        """Store ``ino``'s deferred metadata now (nothing if it has none): one copy
-        of the object onto itself, on condition that it is unchanged. A failure
-        keeps it pending (retried later) and raises."""
-        await self._settle(ino)
-        p = self.pending.pop(ino, None)
-        if p is None:
-            return
-        done = self._applying[ino] = trio.Event()
-        try:
-            attr = await copies.kept_by_copy(self.aclient, p.key, p.attr)
-            etag = await self.aclient.copy_object(
-                p.key, p.key, metadata=meta.metadata_for(attr),
-                content_type=attr.content_type or p.content_type, if_match=p.etag,
-                storage_class=attr.storage_class, content_headers=attr.content_headers)
-        except CosError as exc:
-            if exc.status == 0 or exc.status >= 500:  # no answer, or a server fault
-                retry = trio.current_time() + 5 * self.tuning.meta_delay
-                self.pending.setdefault(ino, replace(p, due=retry))
-                raise
-            if exc.status in (404, 412):
-                log.warning("%r changed on the server before its new metadata was "
-                            "stored; it keeps the server's", p.key)
-            else:  # refused (e.g. 403): asking again would not change the answer
-                log.warning("new metadata of %r refused, dropped: %s", p.key, exc)
-            self._forget_metadata(p.key)
-            inode = self.inodes.get(ino)
-            if inode is not None:
-                inode.expires = 0.0  # show what the server has
-        else:
-            self._forget_metadata(p.key)
-            self.object_attrs[p.key] = (etag, attr)
-        finally:
-            del self._applying[ino]
-            done.set()
-
-    async def apply_all_pending(self, *, strict: bool = False) -> None:
-        """Store every deferred change now, and wait for the copies the background
-        already started. ``strict`` (a directory rename, whose copies must find
-        every change stored) raises the first failure; otherwise (unmount) a
-        failure is logged and the change stays in the journal for the next mount."""
-        apply = self.apply_pending if strict else self._apply_logged
-        async with trio.open_nursery() as nursery:
-            for ino in list(self.pending):
-                nursery.start_soon(apply, ino)
-            for event in list(self._applying.values()):
-                nursery.start_soon(event.wait)
-
-    async def _settle(self, ino: int) -> None:
-        """Wait for a self-copy of ``ino``'s object under way (it must not land
-        after a rename's copy, or carry values older than a newer change)."""
-        while (running := self._applying.get(ino)) is not None:
-            await running.wait()
-
-    def _take_pending(self, ino: int) -> PendingMeta | None:
-        """The deferred metadata of ``ino`` for a caller whose request carries it
-        (call :meth:`_settle` first); its journal row stays until that succeeded."""
-        return self.pending.pop(ino, None)
-
-    def _rebase_pending(self, ino: int, etag: str, carried: dict[str, str] | None) -> None:
-        """An upload replaced ``ino``'s object: deferred metadata it carried is done;
-        metadata it did not (the upload began before the change, in write-back
-        mode) is now for the new object."""
-        p = self.pending.get(ino)
-        if p is None:
-            return
-        if carried == meta.metadata_for(p.attr):
-            self._drop_pending(ino)
-            return
-        p.etag = etag
-        if self.journal is not None:
-            try:
-                self.journal.put_metadata(MetadataRecord(
-                    p.key, etag, meta.metadata_for(p.attr), p.content_type))
-            except OSError as exc:  # the change is stored within a second anyway
-                log.warning("the cache journal cannot record metadata of %r: %s", p.key, exc)
-
-    def _drop_pending(self, ino: int) -> None:
-        p = self.pending.pop(ino, None)
-        if p is not None:
-            self._forget_metadata(p.key)
-
-    def _forget_metadata(self, key: str) -> None:
-        if self.journal is not None:
-            try:
-                self.journal.remove_metadata(key)
-            except OSError as exc:  # a full cache disk: recovery finds it applied
-                log.warning("the cache journal cannot forget metadata of %r: %s", key, exc)
-
-    async def recover_metadata(self) -> int:
-        """At mount: store the metadata a crash left pending, on objects still the
-        ones it was for. Returns how many objects got theirs."""
-        if self.journal is None:
-            return 0
-        stored = 0
-        for rec in self.journal.metadata():
-            try:
-                # What a copy drops unless told (the storage class, Cache-Control
-                # and the like) comes from a HEAD.
-                info = await self.aclient.head_object(rec.key, if_match=rec.etag)
-                await self.aclient.copy_object(
-                    rec.key, rec.key,
-                    metadata={**meta.foreign_metadata(info.metadata), **rec.metadata},
-                    content_type=rec.content_type or info.content_type, if_match=rec.etag,
-                    storage_class=info.storage_class, content_headers=info.content_headers)
-                stored += 1
-            except CosError as exc:
-                if exc.status == 0 or exc.status >= 500:
-                    log.warning("could not store the pending metadata of %r (%s); "
-                                "will try at the next mount", rec.key, exc)
-                    continue
-                log.warning("the pending metadata of %r was not stored (%s): the object "
-                            "changed, went, or refuses it", rec.key, exc)
-            self._forget_metadata(rec.key)
-        return stored
+    def _metadata_obsolete(self, ino: int) -> None:
+        inode = self.inodes.get(ino)
+        if inode is not None:
+            inode.expires = 0.0  # show what the server has
 
     # -- rename --------------------------------------------------------------------
 
@@ -1590,10 +1439,10 @@ class Namespace:
             if before_copy is not None:
                 await before_copy(src, dst)  # type: ignore[operator]
             if dst is not None:
-                await self._settle(dst.ino)
-                self._drop_pending(dst.ino)  # its object is replaced
+                await self.deferred.settle(dst.ino)
+                self.deferred.drop(dst.ino)  # its object is replaced
             if src.is_dir():
-                await self.apply_all_pending(strict=True)  # the copies keep what is stored
+                await self.deferred.apply_all(strict=True)  # the copies keep what is stored
                 await self._move_tree(old_key, new_key)
             elif src.attr.etag:  # an object exists (staged data was flushed first)
                 await self._move_object(src, old_key, new_key)
@@ -1638,8 +1487,8 @@ class Namespace:
             self._note_change(dst_parent, new_name, self._file_entry(src, new_name))
 
     async def _move_object(self, src: Inode, old_key: str, new_key: str) -> None:
-        await self._settle(src.ino)
-        carry = self._take_pending(src.ino)
+        await self.deferred.settle(src.ino)
+        carry = self.deferred.take(src.ino)
         retype = meta.retyped(src.attr.content_type, old_key, new_key, self.guess_type) \
             if stat.S_ISREG(src.attr.mode) else None  # a symlink's type means nothing
         # The copy carries the deferred metadata, on condition that the object is
@@ -1652,7 +1501,7 @@ class Namespace:
         except CosError as exc:
             if carry is None or exc.status != 412:
                 if carry is not None:
-                    self.pending.setdefault(src.ino, carry)
+                    self.deferred.give_back(src.ino, carry)
                 raise
             log.warning("%r changed on the server before its new metadata was stored; "
                         "it keeps the server's", old_key)
@@ -1665,7 +1514,7 @@ class Namespace:
         # wait for its DELETE (see AsyncClient), so it may run in the background.
         self.aclient.delete_soon(old_key)
         if carry is not None:
-            self._forget_metadata(carry.key)
+            self.deferred.forget(carry.key)
         cached = self.object_attrs.pop(old_key, None)
         src.attr.etag = info
         if cached is not None:
