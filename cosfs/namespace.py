@@ -1491,13 +1491,13 @@ class Namespace:
         carry = self.deferred.take(src.ino)
         retype = meta.retyped(src.attr.content_type, old_key, new_key, self.guess_type) \
             if stat.S_ISREG(src.attr.mode) else None  # a symlink's type means nothing
-        # The copy carries the deferred metadata, on condition that the object is
-        # still the one it was for.
-        carried = {} if carry is None else {"rewrite": True, "if_match": carry.etag,
-                                             "default_type": carry.content_type}
         try:
-            info = await copies.copy_object(self.aclient, old_key, new_key, src.attr,
-                                            retype=retype, **carried)
+            # The copy carries the deferred metadata, on condition that the object
+            # is still the one it was for.
+            info = await copies.copy_object(
+                self.aclient, old_key, new_key, src.attr, retype=retype,
+                rewrite=carry is not None, if_match=carry.etag if carry else None,
+                default_type=carry.content_type if carry else None)
         except CosError as exc:
             if carry is None or exc.status != 412:
                 if carry is not None:
