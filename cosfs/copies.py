@@ -75,11 +75,30 @@ async def copy_object(aclient: AsyncClient, src_key: str, dst_key: str, attr: At
     if attr.appendable:
         return await _copy_appendable(aclient, src_key, dst_key, attr)
     if attr.size <= COPY_LIMIT:
-        return await aclient.copy_object(
-            src_key, dst_key, metadata=meta.metadata_for(attr),
-            content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE, if_match=if_match,
-            storage_class=attr.storage_class, content_headers=attr.content_headers)
+        return await _copy_writing(aclient, src_key, dst_key, attr, if_match,
+                                   meta.DEFAULT_CONTENT_TYPE)
     return await _copy_by_parts(aclient, src_key, dst_key, attr)
+
+
+async def rewrite_in_place(aclient: AsyncClient, key: str, attr: Attr, *,
+                           if_match: str | None = None,
+                           default_type: str = meta.DEFAULT_CONTENT_TYPE) -> tuple[str, Attr]:
+    """Store ``attr``'s metadata on ``key`` by one copy of the object onto itself
+    (up to 5 GB, not appendable: :func:`copyable`), keeping what else it carries;
+    with ``if_match``, only if the object is still that one (else CosError 412).
+    Returns the new ETag and the attributes as sent (completed by
+    :func:`kept_by_copy`)."""
+    attr = await kept_by_copy(aclient, key, attr)
+    return await _copy_writing(aclient, key, key, attr, if_match, default_type), attr
+
+
+async def _copy_writing(aclient: AsyncClient, src_key: str, dst_key: str, attr: Attr,
+                        if_match: str | None, default_type: str) -> str:
+    """One PUT Copy that writes ``attr``'s metadata and what it keeps of the rest."""
+    return await aclient.copy_object(
+        src_key, dst_key, metadata=meta.metadata_for(attr),
+        content_type=attr.content_type or default_type, if_match=if_match,
+        storage_class=attr.storage_class, content_headers=attr.content_headers)
 
 
 async def _copy_by_parts(aclient: AsyncClient, src_key: str, dst_key: str,

@@ -134,11 +134,8 @@ class DeferredMetadata:
             return
         done = self._applying[ino] = trio.Event()
         try:
-            attr = await copies.kept_by_copy(self.aclient, p.key, p.attr)
-            etag = await self.aclient.copy_object(
-                p.key, p.key, metadata=meta.metadata_for(attr),
-                content_type=attr.content_type or p.content_type, if_match=p.etag,
-                storage_class=attr.storage_class, content_headers=attr.content_headers)
+            etag, attr = await copies.rewrite_in_place(
+                self.aclient, p.key, p.attr, if_match=p.etag, default_type=p.content_type)
         except CosError as exc:
             if exc.status == 0 or exc.status >= 500:  # no answer, or a server fault
                 retry = trio.current_time() + 5 * self.delay

@@ -1337,11 +1337,7 @@ class Namespace:
                 # without rewriting the data: refuse rather than pretend.
                 raise OSError(errno.EOPNOTSUPP, "appendable objects keep their metadata")
             await self.deferred.settle(inode.ino)
-            attr = await copies.kept_by_copy(self.aclient, key, attr)
-            etag = await self.aclient.copy_object(
-                key, key, metadata=meta.metadata_for(attr),
-                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
-                storage_class=attr.storage_class, content_headers=attr.content_headers)
+            etag, attr = await copies.rewrite_in_place(self.aclient, key, attr)
             attr.etag = etag
             self.object_attrs[key] = (etag, attr)
             self.deferred.drop(inode.ino)  # this copy carried everything
