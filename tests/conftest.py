@@ -136,6 +136,11 @@ def bucket(cos_server: ServerProcess) -> str:
     return name
 
 
+def run(*cmd: str, **kw) -> subprocess.CompletedProcess:
+    """Run a command the test needs to succeed; its output is captured as text."""
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
 def make_client(server: ServerProcess, bucket: str, **overrides):
     from cosfs.cos import CosClient, CosConfig
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import make_client
+from conftest import make_client, run
 
 from cosfs.namespace import chunked
 
@@ -21,10 +21,6 @@ def sdk_head(sdk, bucket: str, key: str) -> dict:
 
 def sdk_get(sdk, bucket: str, key: str) -> bytes:
     return sdk.get_object(Bucket=bucket, Key=key)["Body"].get_raw_stream().read()
-
-
-def run(*cmd: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
 def test_write_then_read_and_cosfs_metadata_on_server(mnt, sdk, bucket):

@@ -15,12 +15,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-MiB = 1024 * 1024
-
-
-def run(*cmd: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+from conftest import run
+from datapath_util import MiB
 
 
 def same_tree(a: Path, b: Path) -> None:
@@ -81,7 +77,6 @@ def test_unzip_into_the_mount(mnt, tree, tmp_path):
     run("unzip", "-q", str(archive), "-d", str(mnt.path / "unzipped"))
     mnt.remount()
     run("diff", "-r", "--exclude=link", str(tree), str(mnt.path / "unzipped"))
-    assert run("unzip", "-tq", str(archive)).returncode == 0
 
 
 def test_restic_backup_check_restore_prune(mnt, tree, tmp_path):
