@@ -218,11 +218,12 @@ class Operations(pyfuse3.Operations):
                      append_only: bool = False) -> Any:
         """The inode's StagedFile, opened (or shared) for one more user."""
         current = self.staged.get(inode.ino)
-        f = await self.data.cache.open(inode.ino, self.ns.key_of(inode), self._base(inode),
-                                       truncate, append_only=append_only)
-        self.staged[inode.ino] = (f, (current[1] if current else 0) + 1)
         # Uploads that start while the file is still being written carry these.
-        f.metadata, f.content_type = self._upload_args(inode)
+        metadata, ctype = self._upload_args(inode)
+        f = await self.data.cache.open(inode.ino, self.ns.key_of(inode), self._base(inode),
+                                       truncate, append_only=append_only,
+                                       metadata=metadata, content_type=ctype)
+        self.staged[inode.ino] = (f, (current[1] if current else 0) + 1)
         if truncate or not inode.attr.etag:
             inode.local = True
         return f

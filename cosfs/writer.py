@@ -983,15 +983,21 @@ class WriteCache:
 
     # -- staged files ------------------------------------------------------------------
     async def open(self, ino: int, key: str, base: ObjectInfo | None, truncate: bool = False,
-                   append_only: bool = False) -> StagedFile:
+                   append_only: bool = False, metadata: dict[str, str] | None = None,
+                   content_type: str | None = None) -> StagedFile:
         """The staged file of ``ino`` (one per inode, refcounted). ``base`` is the
         object it starts from, None for a new file; ``append_only``: opened with
-        O_APPEND for writing only (see ``Tuning.create_appendable``)."""
+        O_APPEND for writing only (see ``Tuning.create_appendable``);
+        ``metadata`` and ``content_type``: what its uploads carry (see
+        :meth:`StagedFile.remember`)."""
         f = self._open.get(ino)
         if f is None:
             f = self._reuse(ino, key, base)
             if f is None:
                 f = self._new_staged(ino, key, base, append_only)
+                # Before the journal row of a new file is written: recovered after
+                # a crash before its first close, it keeps its mode and owner.
+                f.remember(metadata, content_type)
                 if base is None:
                     try:
                         f._ensure_journaled()  # a new file must appear even if never written
@@ -1000,6 +1006,7 @@ class WriteCache:
                         raise
             self._open[ino] = f
         f.refs += 1
+        f.remember(metadata, content_type)
         if truncate:
             await f.truncate(0)
         return f

@@ -12,6 +12,7 @@ import os
 import random
 import resource
 import sqlite3
+import stat
 import subprocess
 import threading
 import time
@@ -277,6 +278,22 @@ def test_killed_mount_uploads_accepted_writes_on_remount(mounter, cos_server, cl
     assert md5(client.get_object("unflushed.bin")) == md5(data)
     assert (m.path / "unflushed.bin").read_bytes() == data
     assert client.list_multipart_uploads() == []
+
+
+def test_killed_mount_recovers_a_new_file_with_its_mode(mounter, client) -> None:
+    # The journal row of a new file must carry the mode it was created with: a
+    # crash before its first close must not bring a script back as 0644.
+    m = mounter()
+    fd = os.open(m.path / "tool.sh", os.O_WRONLY | os.O_CREAT, 0o750)
+    assert os.write(fd, b"#!/bin/sh\n") == 10
+    m.kill()
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    m.start()
+    assert client.head_object("tool.sh").metadata["mode"] == str(stat.S_IFREG | 0o750)
+    assert stat.S_IMODE((m.path / "tool.sh").stat().st_mode) == 0o750
 
 
 def test_faults_through_the_mount_keep_data_identical(mounter, fresh_server) -> None:
