@@ -64,6 +64,9 @@ class AsyncClient:
         self.sync = client
         self.limiter = trio.CapacityLimiter(max_in_flight)
         self.delete_linger = delete_linger
+        # Told the keys each batch of background deletes removed, before the calls
+        # waiting for them go on (cosfs.old_keys forgets them in the journal).
+        self.on_deleted: Callable[[list[str]], None] | None = None
         self._deleting: dict[str, trio.Event] = {}
         self._queued: dict[str, None] = {}  # in order, and quick to look up
         self._hurry = trio.Event()
@@ -111,7 +114,8 @@ class AsyncClient:
         invariant); :meth:`wait_deletes` waits for all. A delete that fails after
         the client's retries, or a key a Delete Multiple refuses, is logged and
         counted in the client's statistics (``cosfs status``): the old name then
-        shows again, next to the new one, with the same bytes."""
+        shows again, next to the new one, with the same bytes. Only keys that are
+        gone reach ``on_deleted``."""
         if key in self._deleting:
             return
         self._deleting[key] = trio.Event()
@@ -133,16 +137,20 @@ class AsyncClient:
                 batch = list(itertools.islice(self._queued, DELETE_BATCH))
                 for key in batch:
                     del self._queued[key]
+                gone: list[str] = []
                 try:
-                    await self._delete_batch(batch)
+                    gone = await self._delete_batch(batch)
                 finally:
+                    if gone and self.on_deleted is not None:
+                        self.on_deleted(gone)
                     for key in batch:
                         self._deleting.pop(key).set()
         finally:
             self._batching = False
             self._hurry = trio.Event()  # nothing is queued: the next key lingers again
 
-    async def _delete_batch(self, keys: list[str]) -> None:
+    async def _delete_batch(self, keys: list[str]) -> list[str]:
+        """Delete ``keys``; returns those that are gone (failures are logged)."""
         if len(keys) > 1 and self._multi_delete:
             try:
                 failed = await self._run(self.sync.delete_objects, keys)
@@ -156,14 +164,18 @@ class AsyncClient:
                             "one", len(keys), exc)
             else:
                 for err in failed:
-                    log.error("could not delete %r after renaming it: %s %s", err.key,
-                              err.code, err.message)
-                return
+                    _log_undeleted(err.key, f"{err.code} {err.message}")
+                refused = {err.key for err in failed}
+                return [key for key in keys if key not in refused]
+        gone = []
         for key in keys:
             try:
                 await self._run(self.sync.delete_object, key)
             except Exception as exc:  # noqa: BLE001 - reported here, nobody else waits for it
-                log.error("could not delete %r after renaming it: %s", key, exc)
+                _log_undeleted(key, str(exc))
+            else:
+                gone.append(key)
+        return gone
 
     async def wait_deletes(self, prefix: str | None = None) -> None:
         """Wait until no background delete runs (under ``prefix``, if given: the
@@ -190,6 +202,10 @@ class AsyncClient:
         if isinstance(prefix, str):
             keys += [k for k in self._deleting if k.startswith(prefix)]
         return keys
+
+
+def _log_undeleted(key: str, why: str) -> None:
+    log.error("could not delete %r after renaming it: %s", key, why)
 
 
 def _strings(args: Iterable[Any]) -> Iterable[str]:

@@ -6,7 +6,8 @@ Two parts, each suited to its rate of change:
 * ``Journal``: SQLite (WAL) in the cache directory, one row per staged file while
   it is dirty (key, staging file name, the base object's key/ETag/size, the last
   metadata), one row per open multipart upload, and one per clean object whose
-  new metadata (a deferred chmod/chown/utime) is not on it yet. Rows change a few times per
+  new metadata (a deferred chmod/chown/utime) is not on it yet, one per old key of
+  a renamed file whose DELETE has not ended. Rows change a few times per
   file (first write, upload start, upload end), never per write().
 * ``ExtentLog``: next to each staging file, an append-only log of the writes and
   truncates applied to it, one small record per call. Replaying it through a
@@ -56,6 +57,11 @@ CREATE TABLE IF NOT EXISTS pending_meta (
     etag TEXT NOT NULL,            -- the object it is for: applied only while unchanged
     metadata TEXT NOT NULL,
     content_type TEXT,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS old_keys (
+    key TEXT PRIMARY KEY,          -- the old key of a renamed file, to be deleted
+    etag TEXT NOT NULL,            -- the object it held: deleted only while it does
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS uploads (
@@ -207,6 +213,26 @@ class Journal:
         rows = self._db.execute(
             "SELECT key, etag, metadata, content_type FROM pending_meta ORDER BY created")
         return [MetadataRecord(r[0], r[1], json.loads(r[2]), r[3]) for r in rows.fetchall()]
+
+    # -- old keys of renamed files ---------------------------------------------
+    def put_old_key(self, key: str, etag: str) -> None:
+        """Record that ``key``, holding the object ``etag``, is to be deleted (the
+        rename that copied it away has returned). Committed before the rename
+        returns, so a crash of the mount does not leave both names."""
+        self._change("INSERT OR REPLACE INTO old_keys VALUES (?, ?, ?)",
+                     (key, etag, time.time()))
+
+    def remove_old_keys(self, keys: list[str]) -> None:
+        """Forget the old keys whose DELETE has ended (a statement for up to 500)."""
+        for i in range(0, len(keys), 500):  # under SQLite's limit of bound values
+            chunk = keys[i:i + 500]
+            self._change(f"DELETE FROM old_keys WHERE key IN ({','.join('?' * len(chunk))})",
+                         tuple(chunk))
+
+    def old_keys(self) -> list[tuple[str, str]]:
+        """(key, etag) of every old key a crash left undeleted, oldest first."""
+        rows = self._db.execute("SELECT key, etag FROM old_keys ORDER BY created, rowid")
+        return [(r[0], r[1]) for r in rows.fetchall()]
 
     # -- multipart uploads -----------------------------------------------------
     def add_upload(self, upload_id: str, key: str, staged_id: int | None) -> None:

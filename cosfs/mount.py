@@ -317,10 +317,16 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
     mp_mode = 0o777 & ~int(p.args.mp_umask)  # type: ignore[call-overload]
     ns.inodes[1].attr.mode = stat.S_IFDIR | mp_mode
     data = DataPath(aclient, p.cache_dir, p.data_tuning)
+    # Renames and metadata changes survive a crash in the cache's journal.
+    ns.old_keys.journal = ns.deferred.journal = data.cache.journal
+    # Old names first: a new file made under one must not look like another
+    # client's object to the recovery of staged files.
+    deleted = 0 if p.args.ro else await ns.old_keys.recover()
+    if deleted:
+        log.warning("recovery: deleted the old names of %d renamed files", deleted)
     report = await data.cache.recover()
     if report:
         log.warning("recovery: %s", report)
-    ns.deferred.journal = data.cache.journal  # deferred metadata survives a crash there
     stored = 0 if p.args.ro else await ns.deferred.recover()
     if stored:
         log.warning("recovery: stored the metadata changes of %d objects", stored)

@@ -65,6 +65,7 @@ from cosfs.background import TaskSet
 from cosfs.cos import CosError, ListPage, ObjectInfo
 from cosfs.deferred_meta import DeferredMetadata
 from cosfs.meta import Attr, Defaults
+from cosfs.old_keys import OldKeys
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -277,6 +278,8 @@ class Namespace:
         # gives it the cache's journal, so that they survive a crash.
         self.deferred = DeferredMetadata(aclient, self.tuning.meta_delay,
                                          self._metadata_stored, self._metadata_obsolete)
+        # Old keys of renamed files until their DELETE ends, journaled the same way.
+        self.old_keys = OldKeys(aclient)
 
     @property
     def _cache_on(self) -> bool:
@@ -1485,6 +1488,7 @@ class Namespace:
     async def _move_object(self, src: Inode, old_key: str, new_key: str) -> None:
         await self.deferred.settle(src.ino)
         carry = self.deferred.take(src.ino)
+        old_etag = src.attr.etag
         retype = meta.retyped(src.attr.content_type, old_key, new_key, self.guess_type) \
             if stat.S_ISREG(src.attr.mode) else None  # a symlink's type means nothing
         try:
@@ -1507,8 +1511,9 @@ class Namespace:
         if retype is not None:
             src.attr.content_type = retype
         # The new key is complete: the rename is done. Requests naming the old key
-        # wait for its DELETE (see AsyncClient), so it may run in the background.
-        self.aclient.delete_soon(old_key)
+        # wait for its DELETE (see AsyncClient), so it may run in the background;
+        # the journal holds it until then (cosfs.old_keys).
+        self.old_keys.delete_soon(old_key, old_etag)
         if carry is not None:
             self.deferred.forget(carry.key)
         cached = self.object_attrs.pop(old_key, None)

@@ -29,6 +29,8 @@ class Recorder:
 
     def delete_object(self, key: str) -> None:
         self.calls.append(("one", key))
+        if key in self.failing:
+            raise CosError(403, "AccessDenied", operation="DeleteObject")
 
     def head_object(self, key: str) -> str:
         self.calls.append(("head", key))
@@ -100,16 +102,22 @@ def test_a_store_without_delete_multiple_gets_single_deletes_from_then_on() -> N
                          ("one", "c"), ("one", "d")]
 
 
-def test_keys_the_store_refused_are_logged(caplog) -> None:
-    async def go(c: AsyncClient) -> None:
-        for k in ("a", "b"):
-            c.delete_soon(k)
-        await c.wait_deletes()
+def test_keys_the_store_refused_are_logged_and_not_reported_gone(caplog) -> None:
+    gone: list[str] = []
 
-    rec = Recorder(failing=("b",))
+    async def go(c: AsyncClient) -> None:
+        c.on_deleted = gone.extend
+        for batch in (("a", "b"), ("c",), ("d", "e")):
+            for k in batch:
+                c.delete_soon(k)
+            await c.wait_deletes()
+
+    rec = Recorder(failing=("b", "c", "e"))
     run(go, rec, 0.01)
-    assert rec.calls == [("multi", ["a", "b"])]
+    assert rec.calls == [("multi", ["a", "b"]), ("one", "c"), ("multi", ["d", "e"])]
     assert "could not delete 'b' after renaming it: AccessDenied" in caplog.text
+    assert "could not delete 'c' after renaming it:" in caplog.text
+    assert gone == ["a", "d"]
 
 
 def test_a_failed_delete_multiple_falls_back_for_that_batch_only() -> None:

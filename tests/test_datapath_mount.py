@@ -296,6 +296,65 @@ def test_killed_mount_recovers_a_new_file_with_its_mode(mounter, client) -> None
     assert stat.S_IMODE((m.path / "tool.sh").stat().st_mode) == 0o750
 
 
+def _refuse_deletes(server) -> None:
+    """Every DELETE gets a 503 (and is retried): a rename's background delete of
+    the old key is still under way when the test kills the mount."""
+    for op in ("DeleteObject", "DeleteMultipleObjects"):
+        server.set_faults(op, error_rate=1.0, error_status=503)
+
+
+def test_killed_mount_finishes_a_rename_on_remount(mounter, fresh_server) -> None:
+    # git's commit of its index: write index.lock, rename it over index. Left
+    # behind by a crash, index.lock stops every later git command.
+    client = make_client(fresh_server, fresh_server.bucket)
+    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
+    (m.path / "index.lock").write_bytes(b"new index")
+    _refuse_deletes(fresh_server)
+    os.rename(m.path / "index.lock", m.path / "index")
+    m.kill()
+    fresh_server.clear_faults()
+    m.start()
+    assert [o.key for o in client.list_objects().contents] == ["index"]
+    assert sorted(os.listdir(m.path)) == ["index"]
+    assert (m.path / "index").read_bytes() == b"new index"
+
+
+def test_killed_mount_uploads_a_new_file_under_a_renamed_name(mounter, fresh_server
+                                                              ) -> None:
+    client = make_client(fresh_server, fresh_server.bucket)
+    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
+    (m.path / "log").write_bytes(b"old")
+    _refuse_deletes(fresh_server)
+    os.rename(m.path / "log", m.path / "log.1")
+    fd = os.open(m.path / "log", os.O_WRONLY | os.O_CREAT, 0o644)
+    assert os.write(fd, b"new") == 3
+    m.kill()
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    fresh_server.clear_faults()
+    m.start()
+    assert client.get_object("log") == b"new"
+    assert client.get_object("log.1") == b"old"
+    assert "recovered/" not in m.log()
+
+
+def test_a_renamed_name_another_client_took_is_kept(mounter, fresh_server) -> None:
+    client = make_client(fresh_server, fresh_server.bucket)
+    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
+    (m.path / "a").write_bytes(b"mine")
+    _refuse_deletes(fresh_server)
+    os.rename(m.path / "a", m.path / "b")
+    m.kill()
+    fresh_server.clear_faults()
+    client.put_object("a", b"theirs")  # before the next mount looks
+    m.start()
+    assert client.get_object("a") == b"theirs"
+    assert client.get_object("b") == b"mine"
+    assert "another object took its name" in m.log()
+
+
 def test_faults_through_the_mount_keep_data_identical(mounter, fresh_server) -> None:
     client = make_client(fresh_server, fresh_server.bucket)
     # About 30 requests at a 20% error rate: the chance that none fails (and the

@@ -41,6 +41,16 @@ def test_journal_rows_round_trip(tmp_path: Path) -> None:
     j.remove_upload("u1")
     j.remove_file(rid)
     assert j.files() == [] and j.uploads() == []
+    for i in range(1200):  # more than one statement's worth of keys to remove
+        j.put_old_key(f"old/{i}", f"e{i}")
+    j.put_old_key("old/0", "e-again")  # renamed away again: the newer object counts
+    j.close()
+
+    j = Journal(tmp_path / "j.sqlite")
+    old = j.old_keys()
+    assert len(old) == 1200 and old[0] == ("old/1", "e1") and old[-1] == ("old/0", "e-again")
+    j.remove_old_keys([f"old/{i}" for i in range(1, 1200)])
+    assert j.old_keys() == [("old/0", "e-again")]
     j.close()
 
 
