@@ -65,7 +65,7 @@ class AsyncClient:
         self.limiter = trio.CapacityLimiter(max_in_flight)
         self.delete_linger = delete_linger
         # Told the keys each batch of background deletes removed, before the calls
-        # waiting for them go on (cosfs.old_keys forgets them in the journal).
+        # waiting for them run (cosfs.old_keys forgets them in the journal).
         self.on_deleted: Callable[[list[str]], None] | None = None
         self._deleting: dict[str, trio.Event] = {}
         self._queued: dict[str, None] = {}  # in order, and quick to look up
@@ -141,10 +141,11 @@ class AsyncClient:
                 try:
                     gone = await self._delete_batch(batch)
                 finally:
-                    if gone and self.on_deleted is not None:
-                        self.on_deleted(gone)
                     for key in batch:
                         self._deleting.pop(key).set()
+                # No checkpoint since the set(): no waiter has run yet.
+                if gone and self.on_deleted is not None:
+                    self.on_deleted(gone)
         finally:
             self._batching = False
             self._hurry = trio.Event()  # nothing is queued: the next key lingers again

@@ -22,6 +22,7 @@ Used from the trio thread only.
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 from cosfs.aio import AsyncClient
 from cosfs.cos import CosError
@@ -44,7 +45,7 @@ class OldKeys:
         if self.journal is not None:
             try:
                 self.journal.put_old_key(key, etag)
-            except OSError as exc:  # a full cache disk: the rename is done all the same
+            except (sqlite3.Error, OSError) as exc:  # the rename is done all the same
                 log.warning("the cache journal cannot record the old key %r (a crash "
                             "now would leave both names): %s", key, exc)
         self.aclient.delete_soon(key)
@@ -53,7 +54,7 @@ class OldKeys:
         if self.journal is not None:
             try:
                 self.journal.remove_old_keys(keys)
-            except OSError as exc:  # the next mount finds them gone
+            except (sqlite3.Error, OSError) as exc:  # the next mount finds them gone
                 log.warning("the cache journal cannot forget %d deleted old keys: %s",
                             len(keys), exc)
 
