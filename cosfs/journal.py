@@ -164,6 +164,12 @@ class Journal:
         with self._sync_lock:
             self._change("UPDATE sync_marker SET n = n + 1", db=self._sync_db)
 
+    def holds_changes(self) -> bool:
+        """Whether any row waits for the server (a staged file, metadata, an old
+        key, a multipart upload): what the next recovery would act on."""
+        return any(self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                   for table in ("staged", "pending_meta", "old_keys", "uploads"))
+
     # -- staged files ----------------------------------------------------------
     def add_file(self, rec: StagedRecord) -> int:
         cur = self._change(

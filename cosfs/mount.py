@@ -16,7 +16,6 @@ import mimetypes
 import os
 import re
 import resource
-import shutil
 import signal
 import stat
 import urllib.parse
@@ -212,8 +211,13 @@ def _check_cache_free(cache_dir: Path) -> None:
         os.close(fd)  # releases the probe's lock; the write cache takes it for good
 
 
-def default_cache_dir(args: MountArgs, config: CosConfig) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cosfs"
+def cache_dir_for(args: MountArgs, config: CosConfig) -> Path:
+    """The mount's own cache directory: below ``use_cache`` (or ~/.cache/cosfs), one
+    per endpoint, bucket and prefix. Users give every bucket the same ``use_cache``
+    (s3fs keeps a folder per bucket there): a journal shared by two buckets would
+    send one bucket's unsent changes to the other at recovery."""
+    base = Path(args.use_cache) if args.use_cache else \
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cosfs"
     ident = f"{config.endpoint or config.region}|{config.bucket}|{args.prefix}"
     return base / f"{config.bucket}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
@@ -255,9 +259,7 @@ def prepare(args: MountArgs, environ: dict[str, str] | None = None) -> Prepared:
         _check_bucket(client)
     except CosError as exc:
         raise MountError(describe_bucket_error(exc, config)) from None
-    cache_dir = Path(args.use_cache) if args.use_cache else default_cache_dir(args, config)
-    if args.del_cache and cache_dir.exists():
-        shutil.rmtree(cache_dir, ignore_errors=True)
+    cache_dir = cache_dir_for(args, config)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         probe = cache_dir / ".write-test"
@@ -350,7 +352,7 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
         finally:
             with trio.CancelScope(shield=True):
                 await ops.wait_idle()
-                await data.cache.shutdown()
+                await data.cache.shutdown(remove=bool(p.args.del_cache))
                 log.info("all uploads finished; unmounting")
             pyfuse3.close(unmount=_is_mounted(p.mountpoint))
     if not clean:

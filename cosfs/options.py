@@ -49,10 +49,10 @@ OPTIONS: tuple[Opt, ...] = (
     Opt("nonempty", "flag", False, "allow mounting over a non-empty directory",
         "nonempty (same)"),
     Opt("ro", "flag", False, "mount read-only", "ro (same)"),
-    Opt("use_cache", "path", None, "staging/cache directory (default ~/.cache/cosfs/...)",
-        "use_cache (s3fs: no cache by default)"),
-    Opt("del_cache", "flag", False, "delete the cache directory at mount and unmount",
-        "del_cache (same)"),
+    Opt("use_cache", "path", None, "where the staging cache lives, in a directory per "
+        "bucket below it (default ~/.cache/cosfs)", "use_cache (s3fs: no cache by default)"),
+    Opt("del_cache", "flag", False, "delete the mount's cache directory at unmount, unless "
+        "it holds unsent changes", "del_cache (s3fs: also at mount)"),
     Opt("cache_size_mb", "int", 16384, "staging cache size limit in MiB",
         "s3fs: max_dirty_data=5120"),
     Opt("ensure_diskfree", "int", 1024, "MiB of disk kept free in the cache filesystem",

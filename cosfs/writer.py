@@ -1172,9 +1172,12 @@ class WriteCache:
             ],
         }
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, remove: bool = False) -> None:
         """Clean unmount: wait for background uploads, then close everything.
-        Files still dirty stay journaled for the next ``recover()``."""
+        Files still dirty stay journaled for the next ``recover()``. ``remove``
+        (``-o del_cache``): delete the cache directory too, unless it holds
+        something the next mount needs (unsent changes, copies under
+        ``recovered/``)."""
         for f in self._files():
             f.start_writeback_now()
         await self.tasks.wait_idle()
@@ -1192,8 +1195,40 @@ class WriteCache:
             self._drop_spares()
         except OSError as exc:
             log.error("cannot delete the spare staging files: %s", exc)
+        keep = remove and self._needed_later()
         self.journal.close()
-        os.close(self._lock_fd)
+        try:
+            if remove and not keep:
+                self._remove_dir()
+        finally:
+            os.close(self._lock_fd)
+
+    def _needed_later(self) -> bool:
+        """Whether the cache holds what a later mount needs; says so in the log."""
+        if self.journal.holds_changes():
+            log.warning("del_cache: %s kept, it holds changes not on the server yet "
+                        "(the next mount uploads them)", self.dir)
+            return True
+        if self.recovered_dir.exists() and any(self.recovered_dir.iterdir()):
+            log.warning("del_cache: %s kept, it holds copies recovery preserved in %s",
+                        self.dir, self.recovered_dir)
+            return True
+        return False
+
+    def _remove_dir(self) -> None:
+        """Delete the cache directory, under its lock (a mount starting meanwhile
+        is refused, not emptied): nothing in it is needed any more."""
+        try:
+            shutil.rmtree(self.staging_dir)
+            with contextlib.suppress(FileNotFoundError):
+                self.recovered_dir.rmdir()
+            for name in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm",
+                         "lock"):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.dir / name).unlink()
+            self.dir.rmdir()
+        except OSError as exc:  # someone else's file in it, a failing disk
+            log.warning("del_cache: could not delete %s: %s", self.dir, exc)
 
     # -- recovery ----------------------------------------------------------------------
     async def recover(self) -> RecoveryReport:

@@ -213,17 +213,23 @@ class Mount:
     """A real cosfs mount in the foreground (``-f``) as a child process."""
 
     def __init__(self, server: ServerProcess, bucket: str, mountpoint: Path,
-                 cache_dir: Path, options: list[str]) -> None:
+                 cache_root: Path, options: list[str]) -> None:
         self.server = server
         self.bucket = bucket
         self.path = mountpoint
-        self.cache_dir = cache_dir
+        self.cache_root = cache_root  # use_cache=; the cache is a directory below it
         self.options = options
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = mountpoint.parent / f"{mountpoint.name}.log"
 
+    @property
+    def cache_dir(self) -> Path:
+        """The mount's own cache directory (one per bucket, endpoint and prefix)."""
+        (found,) = self.cache_root.glob(f"{self.bucket}-*")
+        return found
+
     def start(self, extra: list[str] | None = None) -> Mount:
-        opts = [f"url={self.server.url}", f"use_cache={self.cache_dir}", *self.options,
+        opts = [f"url={self.server.url}", f"use_cache={self.cache_root}", *self.options,
                 *(extra or [])]
         cmd = [sys.executable, "-m", "cosfs", self.bucket, str(self.path), "-f",
                "-o", ",".join(opts)]

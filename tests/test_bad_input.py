@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SECRET_ID, SECRET_KEY, _env, fsync_dir, make_client
+from conftest import APPID, SECRET_ID, SECRET_KEY, Mount, _env, fsync_dir, make_client
 from reliability_util import record
 from test_mount_cli import cosfs, one_line_error
 
@@ -136,7 +136,8 @@ def test_cache_directory_read_only(cos_server, bucket, mp, tmp_path) -> None:
     finally:
         subprocess.run(["umount", "-l", str(cache)], check=False)
     refused("cache directory on a read-only filesystem", proc,
-            f"cache directory {cache} is not writable: Read-only file system")
+            f"cache directory {cache}/{bucket}-")  # the mount's own, below use_cache
+    assert proc.stderr.rstrip().endswith("is not writable: Read-only file system")
 
 
 def test_cache_directory_of_another_mount(mounter, cos_server, bucket, tmp_path) -> None:
@@ -145,10 +146,63 @@ def test_cache_directory_of_another_mount(mounter, cos_server, bucket, tmp_path)
     first = mounter()
     other = tmp_path / "other"
     other.mkdir()
-    proc = cosfs(bucket, str(other), "-o", f"url={cos_server.url},use_cache={first.cache_dir}")
+    proc = cosfs(bucket, str(other), "-o", f"url={cos_server.url},use_cache={first.cache_root}")
     refused("cache directory used by another mount", proc,
             f"cache directory {first.cache_dir} is used by another mount")
     assert not os.path.ismount(other)
+
+
+def _kill_with_unsent(m: Mount, name: str) -> bytes:
+    data = f"{name} was never closed".encode()
+    fd = os.open(m.path / name, os.O_WRONLY | os.O_CREAT, 0o644)
+    assert os.write(fd, data) == len(data)
+    m.kill()
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    return data
+
+
+def test_one_cache_directory_for_two_buckets(mounter, cos_server, bucket, client,
+                                             tmp_path) -> None:
+    """s3fs users give every bucket the same use_cache (often /tmp): each mount keeps
+    its cache in a directory of its own below it, so the changes a crash left go to
+    the bucket they were written to, and del_cache deletes no other bucket's."""
+    a = mounter()
+    unsent = _kill_with_unsent(a, "unsent.txt")
+    other = f"t-other-{os.getpid()}-{APPID}"
+    cos_server.create_bucket(other)
+    (tmp_path / "b").mkdir()
+    b = Mount(cos_server, other, tmp_path / "b", a.cache_root, ["del_cache"])
+    try:
+        b.start()
+        (b.path / "b.txt").write_bytes(b"b")
+        assert os.listdir(b.path) == ["b.txt"]
+        b_cache = b.cache_dir
+        assert b.unmount() == 0
+    finally:
+        b.kill()
+    assert not b_cache.exists()  # del_cache: nothing unsent, so it went at unmount
+    other_client = make_client(cos_server, other)
+    assert [o.key for o in other_client.list_objects().contents] == ["b.txt"]
+    a.start()
+    assert client.get_object("unsent.txt") == unsent
+
+
+def test_del_cache_deletes_no_unsent_change_and_no_live_cache(mounter, cos_server, bucket,
+                                                              client, mp) -> None:
+    a = mounter()
+    unsent = _kill_with_unsent(a, "unsent.txt")
+    a.start(["del_cache"])  # recovery first: the crash's change is uploaded
+    assert client.get_object("unsent.txt") == unsent
+    proc = cosfs(bucket, str(mp), "-o",
+                 f"url={cos_server.url},use_cache={a.cache_root},del_cache")
+    refused("del_cache on the cache of a live mount", proc,
+            f"cache directory {a.cache_dir} is used by another mount")
+    (a.path / "after.txt").write_bytes(b"still cached")
+    assert client.get_object("after.txt") == b"still cached"
+    assert (a.cache_dir / "journal.sqlite").exists()
 
 
 # -- names inside the mount ------------------------------------------------------------

@@ -155,7 +155,7 @@ class Env:
         import shutil
 
         self.mount.kill()
-        shutil.rmtree(self.mount.cache_dir, ignore_errors=True)
+        shutil.rmtree(self.mount.cache_root, ignore_errors=True)
         self.mount.start()
         self.unclean = False
 
