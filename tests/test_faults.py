@@ -734,7 +734,8 @@ def small_cache(tmp_path: Path):
 
 
 def journal_ok(cache: Path) -> None:
-    db = sqlite3.connect(cache / "journal.sqlite")
+    # mode=rw: a journal that is not there fails, rather than being made empty here.
+    db = sqlite3.connect(f"file:{cache / 'journal.sqlite'}?mode=rw", uri=True)
     try:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     finally:
@@ -781,7 +782,7 @@ def test_cache_disk_full(mounter, fresh_server, small_cache) -> None:
     (m.path / "small").write_bytes(version("small", 1, 300 * KiB))
     assert client.get_object("small") == version("small", 1, 300 * KiB)
     assert m.unmount() == 0
-    journal_ok(small_cache)
+    journal_ok(m.cache_dir)
     log = m.log()
     full_lines = [ln for ln in log.splitlines()
                   if " WARNING " in ln and "cache directory" in ln and "full" in ln]
@@ -816,7 +817,7 @@ def test_disk_full_mid_log_record_loses_nothing(mounter, fresh_server, small_cac
     fd = os.open(m.path / "edits", os.O_RDWR | os.O_CREAT, 0o644)
     for _ in range(195):  # 195 records of 21 bytes: 4095 bytes, 1 short of a page
         assert os.pwrite(fd, b"a", 0) == 1
-    logs = list((small_cache / "staging").glob("*.log"))
+    logs = list((m.cache_dir / "staging").glob("*.log"))
     assert [p.stat().st_size for p in logs] == [195 * 21]
     filler = small_cache / "filler"
     fill(filler)
