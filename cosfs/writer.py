@@ -1006,7 +1006,7 @@ class WriteCache:
                         raise
             self._open[ino] = f
         f.refs += 1
-        f.remember(metadata, content_type)
+        f.remember(metadata, content_type)  # nothing new for a file made just now
         if truncate:
             await f.truncate(0)
         return f
@@ -1205,15 +1205,19 @@ class WriteCache:
 
     def _needed_later(self) -> bool:
         """Whether the cache holds what a later mount needs; says so in the log."""
-        if self.journal.holds_changes():
+        try:
+            unsent = self.journal.holds_changes()
+            preserved = self.recovered_dir.exists() and any(self.recovered_dir.iterdir())
+        except (sqlite3.Error, OSError) as exc:  # a failing cache disk: keep it all
+            log.warning("del_cache: %s kept, it cannot be read: %s", self.dir, exc)
+            return True
+        if unsent:
             log.warning("del_cache: %s kept, it holds changes not on the server yet "
                         "(the next mount uploads them)", self.dir)
-            return True
-        if self.recovered_dir.exists() and any(self.recovered_dir.iterdir()):
+        elif preserved:
             log.warning("del_cache: %s kept, it holds copies recovery preserved in %s",
                         self.dir, self.recovered_dir)
-            return True
-        return False
+        return unsent or preserved
 
     def _remove_dir(self) -> None:
         """Delete the cache directory, under its lock (a mount starting meanwhile

@@ -205,6 +205,23 @@ def test_del_cache_deletes_no_unsent_change_and_no_live_cache(mounter, cos_serve
     assert (a.cache_dir / "journal.sqlite").exists()
 
 
+def test_del_cache_keeps_a_cache_that_holds_unsent_changes(mounter, fresh_server) -> None:
+    client = make_client(fresh_server, fresh_server.bucket)
+    m = mounter(["del_cache", "retries=0"], server=fresh_server,
+                bucket_name=fresh_server.bucket)
+    fresh_server.set_faults("PutObject", error_rate=1.0, error_status=503)
+    with pytest.raises(OSError) as failed:
+        (m.path / "f").write_bytes(b"kept in the cache")
+    assert failed.value.errno == errno.EIO
+    cache = m.cache_dir
+    assert m.unmount() == 0
+    assert (cache / "journal.sqlite").exists()
+    assert "del_cache: " in m.log() and "holds changes not on the server yet" in m.log()
+    fresh_server.clear_faults()
+    m.start()
+    assert client.get_object("f") == b"kept in the cache"
+
+
 # -- names inside the mount ------------------------------------------------------------
 
 HOSTILE = ["new\nline", "tab\there", "ctrl\x01char", "del\x7f", "carriage\rreturn",
