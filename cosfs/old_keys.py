@@ -7,15 +7,17 @@ the retries, would leave both names for good, and a new file the application mad
 under the old name would look like another client's at the next mount (and be
 filed under ``recovered/`` instead of uploaded). So the old key and the ETag of
 the object it held are committed to the cache's journal before the rename
-returns, and leave it once their DELETE has ended; the next mount deletes what a
-crash left there, completing those renames.
+returns, and leave it once the key is gone (a DELETE that failed keeps its row);
+the next mount deletes what is left there, completing those renames.
 
 Invariants: every old key waiting for its background DELETE has a journal row
 (when the mount gave a journal); a row goes when its key is gone, or when the key
 no longer holds the object it was for. The recovery deletes a key only if a HEAD
-with ``If-Match`` finds that object (COS has no conditional DELETE: another
-client writing the key between the HEAD and the DELETE would lose that write, a
-window of one round trip at mount time, for a key this mount had renamed away).
+with ``If-Match`` finds that object. Two limits, both for a key this mount had
+renamed away and only at mount time: COS has no conditional DELETE, so another
+client writing the key between the HEAD and the DELETE (one round trip) would
+lose that write; and one that wrote the very same bytes there (same ETag) sees
+them deleted.
 Used from the trio thread only.
 """
 
