@@ -3,6 +3,7 @@ it, and real FUSE mounts of its buckets. Nothing here mocks storage."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -273,6 +274,14 @@ class Mount:
             self.proc = None
         subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False,
                        stderr=subprocess.DEVNULL)
+
+    def crash(self, *held: int) -> None:
+        """:meth:`kill`, then close the descriptors the test still held on the mount
+        (the dead mount may refuse: the crash is what is tested)."""
+        self.kill()
+        for fd in held:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def remount(self, extra: list[str] | None = None) -> Mount:
         self.unmount()

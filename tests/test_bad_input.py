@@ -156,11 +156,7 @@ def _kill_with_unsent(m: Mount, name: str) -> bytes:
     data = f"{name} was never closed".encode()
     fd = os.open(m.path / name, os.O_WRONLY | os.O_CREAT, 0o644)
     assert os.write(fd, data) == len(data)
-    m.kill()
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    m.crash(fd)
     return data
 
 

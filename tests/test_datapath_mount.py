@@ -268,11 +268,7 @@ def test_killed_mount_uploads_accepted_writes_on_remount(mounter, cos_server, cl
     fd = os.open(m.path / "unflushed.bin", os.O_WRONLY | os.O_CREAT, 0o644)
     for pos in range(0, len(data), 128 * KiB):
         assert os.write(fd, data[pos:pos + 128 * KiB]) == len(data[pos:pos + 128 * KiB])
-    m.kill()  # SIGKILL: no flush, no unmount
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    m.crash(fd)  # SIGKILL: no flush, no unmount
     assert "unflushed.bin" not in [o.key for o in client.list_objects().contents]
     m.start()  # the same cache directory: recovery runs before serving
     assert md5(client.get_object("unflushed.bin")) == md5(data)
@@ -286,32 +282,31 @@ def test_killed_mount_recovers_a_new_file_with_its_mode(mounter, client) -> None
     m = mounter()
     fd = os.open(m.path / "tool.sh", os.O_WRONLY | os.O_CREAT, 0o750)
     assert os.write(fd, b"#!/bin/sh\n") == 10
-    m.kill()
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    m.crash(fd)
     m.start()
     assert client.head_object("tool.sh").metadata["mode"] == str(stat.S_IFREG | 0o750)
     assert stat.S_IMODE((m.path / "tool.sh").stat().st_mode) == 0o750
 
 
-def _refuse_deletes(server) -> None:
-    """Every DELETE gets a 503 (and is retried): a rename's background delete of
-    the old key is still under way when the test kills the mount."""
+def _renamed_before_a_crash(mounter, server, src: str, dst: str, data: bytes):
+    """A mount of ``server`` that wrote ``src`` and renamed it to ``dst`` while the
+    server refuses every DELETE (503, retried): the background delete of the old
+    key is still under way when the test crashes the mount. Returns the mount and
+    a client of its bucket."""
+    m = mounter(server=server, bucket_name=server.bucket)
+    (m.path / src).write_bytes(data)
     for op in ("DeleteObject", "DeleteMultipleObjects"):
         server.set_faults(op, error_rate=1.0, error_status=503)
+    os.rename(m.path / src, m.path / dst)
+    return m, make_client(server, server.bucket)
 
 
 def test_killed_mount_finishes_a_rename_on_remount(mounter, fresh_server) -> None:
     # git's commit of its index: write index.lock, rename it over index. Left
     # behind by a crash, index.lock stops every later git command.
-    client = make_client(fresh_server, fresh_server.bucket)
-    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
-    (m.path / "index.lock").write_bytes(b"new index")
-    _refuse_deletes(fresh_server)
-    os.rename(m.path / "index.lock", m.path / "index")
-    m.kill()
+    m, client = _renamed_before_a_crash(mounter, fresh_server, "index.lock", "index",
+                                        b"new index")
+    m.crash()
     fresh_server.clear_faults()
     m.start()
     assert [o.key for o in client.list_objects().contents] == ["index"]
@@ -321,18 +316,10 @@ def test_killed_mount_finishes_a_rename_on_remount(mounter, fresh_server) -> Non
 
 def test_killed_mount_uploads_a_new_file_under_a_renamed_name(mounter, fresh_server
                                                               ) -> None:
-    client = make_client(fresh_server, fresh_server.bucket)
-    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
-    (m.path / "log").write_bytes(b"old")
-    _refuse_deletes(fresh_server)
-    os.rename(m.path / "log", m.path / "log.1")
+    m, client = _renamed_before_a_crash(mounter, fresh_server, "log", "log.1", b"old")
     fd = os.open(m.path / "log", os.O_WRONLY | os.O_CREAT, 0o644)
     assert os.write(fd, b"new") == 3
-    m.kill()
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    m.crash(fd)
     fresh_server.clear_faults()
     m.start()
     assert client.get_object("log") == b"new"
@@ -341,12 +328,8 @@ def test_killed_mount_uploads_a_new_file_under_a_renamed_name(mounter, fresh_ser
 
 
 def test_a_renamed_name_another_client_took_is_kept(mounter, fresh_server) -> None:
-    client = make_client(fresh_server, fresh_server.bucket)
-    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
-    (m.path / "a").write_bytes(b"mine")
-    _refuse_deletes(fresh_server)
-    os.rename(m.path / "a", m.path / "b")
-    m.kill()
+    m, client = _renamed_before_a_crash(mounter, fresh_server, "a", "b", b"mine")
+    m.crash()
     fresh_server.clear_faults()
     client.put_object("a", b"theirs")  # before the next mount looks
     m.start()

@@ -829,11 +829,7 @@ def test_disk_full_mid_log_record_loses_nothing(mounter, fresh_server, small_cac
         accepted_b = False
     filler.unlink()
     assert os.pwrite(fd, b"after", 5000) == 5
-    m.kill()  # acknowledged, not uploaded: only the journal and the log know it
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+    m.crash(fd)  # acknowledged, not uploaded: only the journal and the log know it
     m.start()
     got = client.get_object("edits")
     assert got[5000:] == b"after", "a write acknowledged after the disk filled was lost"
