@@ -218,6 +218,7 @@ def cache_dir_for(args: MountArgs, config: CosConfig) -> Path:
     send one bucket's unsent changes to the other at recovery."""
     base = Path(args.use_cache) if args.use_cache else \
         Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cosfs"
+    base = base.absolute()  # messages and `cosfs status` name it wherever they run
     ident = f"{config.endpoint or config.region}|{config.bucket}|{args.prefix}"
     return base / f"{config.bucket}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}"
 
