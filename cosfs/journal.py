@@ -24,6 +24,7 @@ recorded range holds accepted bytes, and every accepted byte is recorded.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -144,6 +145,12 @@ class Journal:
     def close(self) -> None:
         self._sync_db.close()
         self._db.close()
+
+    def delete_files(self) -> None:
+        """After :meth:`close`: delete the database and the WAL files beside it."""
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                self.path.with_name(self.path.name + suffix).unlink()
 
     def _change(self, sql: str, params: tuple = (), db: sqlite3.Connection | None = None
                 ) -> sqlite3.Cursor:

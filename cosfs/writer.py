@@ -993,20 +993,20 @@ class WriteCache:
         f = self._open.get(ino)
         if f is None:
             f = self._reuse(ino, key, base)
-            if f is None:
-                f = self._new_staged(ino, key, base, append_only)
-                # Before the journal row of a new file is written: recovered after
-                # a crash before its first close, it keeps its mode and owner.
-                f.remember(metadata, content_type)
-                if base is None:
-                    try:
-                        f._ensure_journaled()  # a new file must appear even if never written
-                    except BaseException:
-                        f.close(remove=True)  # e.g. ENOSPC: no stray staging file
-                        raise
-            self._open[ino] = f
+        new = f is None
+        if f is None:
+            f = self._new_staged(ino, key, base, append_only)
+        # Before the journal row of a new file is written: recovered after a crash
+        # before its first close, it keeps its mode and owner.
+        f.remember(metadata, content_type)
+        if new and base is None:
+            try:
+                f._ensure_journaled()  # a new file must appear even if never written
+            except BaseException:
+                f.close(remove=True)  # e.g. ENOSPC: no stray staging file
+                raise
+        self._open[ino] = f
         f.refs += 1
-        f.remember(metadata, content_type)  # nothing new for a file made just now
         if truncate:
             await f.truncate(0)
         return f
@@ -1226,10 +1226,8 @@ class WriteCache:
             shutil.rmtree(self.staging_dir)
             with contextlib.suppress(FileNotFoundError):
                 self.recovered_dir.rmdir()
-            for name in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm",
-                         "lock"):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.dir / name).unlink()
+            self.journal.delete_files()
+            (self.dir / "lock").unlink(missing_ok=True)
             self.dir.rmdir()
         except OSError as exc:  # someone else's file in it, a failing disk
             log.warning("del_cache: could not delete %s: %s", self.dir, exc)
