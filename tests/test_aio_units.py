@@ -177,3 +177,90 @@ def test_waiting_for_a_key_in_flight_leaves_the_queued_keys_their_linger() -> No
     rec = Held()
     run(go, rec, 0.5)
     assert rec.calls == [("one", "a"), ("head", "a"), ("head", "a"), ("multi", ["c", "d"])]
+
+
+class Failing(Recorder):
+    """A store whose DELETEs (single or multiple) answer 503 until ``fixed``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fixed = False
+
+    def _check(self) -> None:
+        if not self.fixed:
+            raise CosError(503, "ServiceUnavailable", operation="DeleteObject")
+
+    def delete_objects(self, keys: list[str]) -> list[DeleteError]:
+        self.calls.append(("multi", list(keys)))
+        self._check()
+        return []
+
+    def delete_object(self, key: str) -> None:
+        self.calls.append(("one", key))
+        self._check()
+
+
+def test_a_failed_delete_is_tried_again_until_it_succeeds(monkeypatch, caplog) -> None:
+    monkeypatch.setattr("cosfs.aio.RETRY_FIRST", 0.05)
+    gone: list[str] = []
+    rec = Failing()
+
+    async def go(c: AsyncClient) -> None:
+        c.on_deleted = gone.extend
+        c.delete_soon("a")
+        c.delete_soon("b")
+        while len(rec.calls) < 3:  # the first attempt and two more, 0.05 and 0.1 s on
+            await trio.sleep(0.01)
+        assert gone == []
+        rec.fixed = True
+        while not gone:
+            await trio.sleep(0.01)
+
+    run(go, rec, 0.01)
+    # The batch failed as a whole (503): it was not split into single DELETEs.
+    assert set(map(str, rec.calls)) == {str(("multi", ["a", "b"]))}
+    assert gone == ["a", "b"]
+    assert "could not delete 2 keys ('a'...) after renaming" in caplog.text
+
+
+def test_a_call_naming_an_undeleted_key_fails_instead_of_seeing_it(monkeypatch) -> None:
+    """While the store refuses the DELETE, a request for the old key tries it once
+    more and fails (EIO in the mount), never shows the old name again."""
+    monkeypatch.setattr("cosfs.aio.RETRY_FIRST", 60.0)  # only callers retry here
+    rec = Failing()
+    outcomes: list[str] = []
+
+    async def go(c: AsyncClient) -> None:
+        c.delete_soon("d/a")
+        for _ in range(2):
+            try:
+                await c.head_object("d/a")
+                outcomes.append("seen")
+            except CosError as exc:
+                outcomes.append(f"{exc.status} {exc.code}")
+            try:
+                await c.wait_deletes("d/")  # the directory's fsync
+                outcomes.append("synced")
+            except CosError:
+                outcomes.append("not synced")
+        rec.fixed = True
+        assert await c.head_object("d/a") == "d/a"  # gone now: the HEAD goes out
+        await c.wait_deletes("d/")
+
+    run(go, rec, 60.0)
+    assert outcomes == ["503 ServiceUnavailable", "not synced"] * 2
+    assert rec.calls == [("one", "d/a")] * 5 + [("head", "d/a")]
+
+
+def test_unmount_gives_an_undeleted_key_one_more_attempt_and_ends() -> None:
+    rec = Failing()
+
+    async def go(c: AsyncClient) -> None:
+        c.delete_soon("a")
+        while not rec.calls:  # the first attempt, in the background
+            await trio.sleep(0.01)
+        with trio.fail_after(5):  # the unmount does not hang on a failing store
+            await c.wait_deletes()
+
+    run(go, rec, 0.01)
+    assert rec.calls == [("one", "a")] * 2

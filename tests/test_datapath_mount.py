@@ -288,12 +288,13 @@ def test_killed_mount_recovers_a_new_file_with_its_mode(mounter, client) -> None
     assert stat.S_IMODE((m.path / "tool.sh").stat().st_mode) == 0o750
 
 
-def _renamed_before_a_crash(mounter, server, src: str, dst: str, data: bytes):
+def _renamed_before_a_crash(mounter, server, src: str, dst: str, data: bytes,
+                            options: list[str] | None = None):
     """A mount of ``server`` that wrote ``src`` and renamed it to ``dst`` while the
     server refuses every DELETE (503, retried): the background delete of the old
     key is still under way when the test crashes the mount. Returns the mount and
     a client of its bucket."""
-    m = mounter(server=server, bucket_name=server.bucket)
+    m = mounter(options, server=server, bucket_name=server.bucket)
     (m.path / src).write_bytes(data)
     for op in ("DeleteObject", "DeleteMultipleObjects"):
         server.set_faults(op, error_rate=1.0, error_status=503)
@@ -336,6 +337,27 @@ def test_a_renamed_name_another_client_took_is_kept(mounter, fresh_server) -> No
     assert client.get_object("a") == b"theirs"
     assert client.get_object("b") == b"mine"
     assert "another object took its name" in m.log()
+
+
+def test_a_rename_whose_delete_keeps_failing_never_shows_the_old_name(
+        mounter, fresh_server) -> None:
+    """The store fails the DELETE of the old key past the retries: the mount tries
+    again in the background, and until it succeeds the old name gives EIO, never
+    its old bytes (a `rename` that returned must not be undone)."""
+    m, client = _renamed_before_a_crash(mounter, fresh_server, "a", "b", b"data",
+                                        ["stat_cache_expire=0", "retries=1"])
+    for look in (lambda: os.stat(m.path / "a"), lambda: os.listdir(m.path)):
+        with pytest.raises(OSError) as exc:
+            look()
+        assert exc.value.errno == errno.EIO
+    assert (m.path / "b").read_bytes() == b"data"
+    fresh_server.clear_faults()
+    deadline = time.monotonic() + 30
+    while [o.key for o in client.list_objects().contents] != ["b"]:
+        assert time.monotonic() < deadline, "the mount never tried the DELETE again"
+        time.sleep(0.2)
+    assert os.listdir(m.path) == ["b"]
+    assert "trying again in" in m.log()
 
 
 def test_faults_through_the_mount_keep_data_identical(mounter, fresh_server) -> None:
