@@ -833,12 +833,18 @@ class StagedFile:
             self._mp = None
 
     async def _abort(self, mp: _Multipart) -> None:
-        self._forget_multipart(mp)
+        if self._mp is mp:
+            self._mp = None
         try:
             await self._cache.client.abort_multipart_upload(mp.key, mp.upload_id)
         except Exception as exc:
-            # Known to the journal no more, but stale-upload cleanup still finds it.
-            log.warning("aborting upload of %r failed: %s", mp.key, exc)
+            if not (isinstance(exc, CosError) and exc.status == 404):  # 404: gone already
+                # Its journal row stays: the next mount aborts it (recover()).
+                log.warning("aborting upload of %r failed (the next mount tries again): "
+                            "%s", mp.key, exc)
+                return
+        with contextlib.suppress(sqlite3.Error, OSError):  # left, the next mount finds it gone
+            self._cache.journal.remove_upload(mp.upload_id)
 
     def _drop_multipart(self) -> None:
         """Abandon the open multipart upload (in the background)."""

@@ -444,6 +444,36 @@ def test_failed_multipart_is_aborted_and_old_object_survives(fresh_server, tmp_p
     assert client.list_multipart_uploads() == []
 
 
+def test_an_upload_whose_abort_failed_is_aborted_by_the_next_mount(fresh_server,
+                                                                     tmp_path) -> None:
+    """The abort of a failed multipart upload fails too: the journal keeps the
+    upload, so its parts do not stay on the server (and billed) for good."""
+    bucket = fresh_server.bucket
+    client = make_client(fresh_server, bucket)
+    for op in ("CompleteMultipartUpload", "AbortMultipartUpload"):
+        fresh_server.set_faults(op, error_rate=1.0, error_status=503)
+
+    async def body(cache: WriteCache):
+        f = await cache.open(1, "big.bin", None)
+        await write_in_chunks(f, random.randbytes(1 * MiB))
+        with pytest.raises(OSError):
+            await f.flush()
+        await cache.tasks.wait_idle()
+        assert [u.key for u in cache.journal.uploads()] == ["big.bin"]
+        f.discard()  # unlinked: only the upload is left to clean up
+        await cache.release(f)
+
+    with_cache(fresh_server, bucket, tmp_path / "c", body, max_retries=0)
+    assert len(client.list_multipart_uploads()) == 1
+    fresh_server.clear_faults()
+
+    async def nothing(cache: WriteCache):
+        assert cache.journal.uploads() == []
+
+    with_cache(fresh_server, bucket, tmp_path / "c", nothing)
+    assert client.list_multipart_uploads() == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [1 << 30])
 def test_faults_large_upload_still_byte_identical(fresh_server, tmp_path, size) -> None:
