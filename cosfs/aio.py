@@ -157,7 +157,7 @@ class AsyncClient:
                     continue
                 with trio.move_on_after(self.delete_linger):
                     await self._hurry.wait()
-                self._hurry, self._wake = trio.Event(), trio.Event()
+                self._hurry = trio.Event()
                 self._retry_now(list(self._failed))  # a request goes anyway: all in it
                 batch = list(itertools.islice(self._queued, DELETE_BATCH))
                 for key in batch:
@@ -178,9 +178,10 @@ class AsyncClient:
     async def _wait_for_retry(self) -> None:
         """Only failed keys are left: wait until their next attempt is due, or until
         a new key, or a call that needs one of them gone, comes."""
+        # Whatever set it before is in the batches sent already.
+        self._wake = trio.Event()
         with trio.move_on_at(self._retry_at):
             await self._wake.wait()
-        self._wake = trio.Event()
         if not self._queued:  # the time has come
             self._retry_now(list(self._failed))
             self._hurry.set()  # they have waited long enough for company

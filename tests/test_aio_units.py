@@ -264,3 +264,29 @@ def test_unmount_gives_an_undeleted_key_one_more_attempt_and_ends() -> None:
 
     run(go, rec, 0.01)
     assert rec.calls == [("one", "a")] * 2
+
+
+def test_failed_deletes_pause_between_attempts(monkeypatch) -> None:
+    """The pause doubles after each failed attempt; a new key goes at once (after
+    its linger), taking the failed ones with it, and does not cut the next pause."""
+    monkeypatch.setattr("cosfs.aio.RETRY_FIRST", 0.3)
+    times: list[float] = []
+
+    class Timed(Failing):
+        def delete_objects(self, keys: list[str]) -> list[DeleteError]:
+            times.append(time.monotonic())
+            return super().delete_objects(keys)
+
+    rec = Timed()
+
+    async def go(c: AsyncClient) -> None:
+        c.delete_soon("a")
+        c.delete_soon("b")
+        await trio.sleep(0.45)  # attempts at about 0 and 0.3 s
+        c.delete_soon("c")  # sent at once with a and b; the next try 1.2 s later
+        await trio.sleep(0.55)
+
+    run(go, rec, 0.01)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert len(gaps) == 2 and gaps[0] >= 0.28 and gaps[1] < 0.28, gaps
+    assert rec.calls[-1] == ("multi", ["c", "a", "b"])
