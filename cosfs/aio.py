@@ -27,7 +27,7 @@ import trio
 from .background import TaskSet
 from .cos import CosError
 from .cos.client import DELETE_BATCH
-from .cos.retry import RETRYABLE_CODES, is_retryable
+from .cos.retry import RETRYABLE_CODES, is_retryable, is_server_fault
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ class AsyncClient:
                     log.warning("the store refused Delete Multiple (%s); deleting renamed "
                                 "files' old keys one by one", exc)
                     self._multi_delete = False
-                elif exc.status == 0 or exc.status >= 500:
+                elif is_server_fault(exc):
                     # The store is failing: one request per key would fail as well,
                     # and each would wait out its retries.
                     return [], dict.fromkeys(keys, str(exc))

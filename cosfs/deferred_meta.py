@@ -40,6 +40,7 @@ from cosfs import copies, meta
 from cosfs.aio import AsyncClient
 from cosfs.background import TaskSet
 from cosfs.cos import CosError
+from cosfs.cos.retry import is_server_fault
 from cosfs.journal import Journal, MetadataRecord
 from cosfs.meta import Attr
 
@@ -137,7 +138,7 @@ class DeferredMetadata:
             etag, attr = await copies.rewrite_in_place(
                 self.aclient, p.key, p.attr, if_match=p.etag, default_type=p.content_type)
         except CosError as exc:
-            if exc.status == 0 or exc.status >= 500:  # no answer, or a server fault
+            if is_server_fault(exc):
                 retry = trio.current_time() + 5 * self.delay
                 self.pending.setdefault(ino, replace(p, due=retry))
                 raise
@@ -234,7 +235,7 @@ class DeferredMetadata:
                     storage_class=info.storage_class, content_headers=info.content_headers)
                 stored += 1
             except CosError as exc:
-                if exc.status == 0 or exc.status >= 500:
+                if is_server_fault(exc):
                     log.warning("could not store the pending metadata of %r (%s); "
                                 "will try at the next mount", rec.key, exc)
                     continue

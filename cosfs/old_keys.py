@@ -28,6 +28,7 @@ import sqlite3
 
 from cosfs.aio import AsyncClient
 from cosfs.cos import CosError
+from cosfs.cos.retry import is_server_fault
 from cosfs.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class OldKeys:
                 await self.aclient.delete_object(key)
                 deleted += 1
             except CosError as exc:
-                if exc.status == 0 or exc.status >= 500:
+                if is_server_fault(exc):
                     log.warning("could not delete the old key %r of a renamed file (%s); "
                                 "will try at the next mount", key, exc)
                     continue

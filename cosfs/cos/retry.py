@@ -29,10 +29,17 @@ def is_retryable(err: CosError) -> bool:
     return err.code in RETRYABLE_CODES
 
 
+def is_server_fault(err: CosError) -> bool:
+    """No answer came, or a 5xx did: the store (or the way to it) is failing, and the
+    same request may succeed later. What was asked is still wanted: keep it to try
+    again, unlike a refusal (4xx), which asking again would not change."""
+    return err.status == 0 or err.status >= 500
+
+
 def is_unknown_outcome(err: CosError) -> bool:
     """The server may have acted although we got no success answer: the connection
     failed after the request went out, or a 5xx came from somewhere along the way."""
-    return err.status == 0 or err.status >= 500 or err.code in RETRYABLE_CODES
+    return is_server_fault(err) or err.code in RETRYABLE_CODES
 
 
 @dataclass(frozen=True)
