@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,11 @@ CREATE TABLE IF NOT EXISTS pending_meta (
 CREATE TABLE IF NOT EXISTS old_keys (
     key TEXT PRIMARY KEY,          -- the old key of a renamed file, to be deleted
     etag TEXT NOT NULL,            -- the object it held: deleted only while it does
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tree_moves (
+    old_prefix TEXT PRIMARY KEY,   -- a directory being renamed: its keys are copied
+    new_prefix TEXT NOT NULL,      -- here, then become old keys (above)
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS uploads (
@@ -175,7 +180,8 @@ class Journal:
         """Whether any row waits for the server (a staged file, metadata, an old
         key, a multipart upload): what the next recovery would act on."""
         return any(self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
-                   for table in ("staged", "pending_meta", "old_keys", "uploads"))
+                   for table in ("staged", "pending_meta", "old_keys", "tree_moves",
+                                 "uploads"))
 
     # -- staged files ----------------------------------------------------------
     def add_file(self, rec: StagedRecord) -> int:
@@ -246,6 +252,45 @@ class Journal:
         """(key, etag) of every old key a crash left undeleted, oldest first."""
         rows = self._db.execute("SELECT key, etag FROM old_keys ORDER BY created, rowid")
         return [(r[0], r[1]) for r in rows.fetchall()]
+
+    # -- directory renames -----------------------------------------------------
+    def put_tree_move(self, old_prefix: str, new_prefix: str) -> None:
+        """Record that the keys under ``old_prefix`` are being copied under
+        ``new_prefix`` (committed before the first copy)."""
+        self._change("INSERT OR REPLACE INTO tree_moves VALUES (?, ?, ?)",
+                     (old_prefix, new_prefix, time.time()))
+
+    def end_tree_move(self, old_prefix: str, old_keys: Iterable[tuple[str, str]],
+                      staged: Iterable[StagedRecord] = ()) -> None:
+        """In one transaction: forget the move of ``old_prefix``, record
+        ``old_keys`` ((key, etag) pairs) as keys to delete, and store the changed
+        rows of ``staged`` files. So a crash leaves either the move to finish or
+        the keys to delete, never neither."""
+        with self._transaction():
+            self._change("DELETE FROM tree_moves WHERE old_prefix=?", (old_prefix,))
+            now = time.time()
+            for key, etag in old_keys:
+                self._change("INSERT OR REPLACE INTO old_keys VALUES (?, ?, ?)",
+                             (key, etag, now))
+            for rec in staged:
+                self.update_file(rec)
+
+    def tree_moves(self) -> list[tuple[str, str]]:
+        """(old prefix, new prefix) of every directory rename a crash cut short."""
+        rows = self._db.execute(
+            "SELECT old_prefix, new_prefix FROM tree_moves ORDER BY created, rowid")
+        return [(r[0], r[1]) for r in rows.fetchall()]
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._change("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._change("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # a failed COMMIT leaves it open
+                self._db.execute("ROLLBACK")
+            raise
 
     # -- multipart uploads -----------------------------------------------------
     def add_upload(self, upload_id: str, key: str, staged_id: int | None) -> None:

@@ -66,6 +66,7 @@ from cosfs.cos import CosError, ListPage, ObjectInfo
 from cosfs.deferred_meta import DeferredMetadata
 from cosfs.meta import Attr, Defaults
 from cosfs.old_keys import OldKeys
+from cosfs.tree_moves import TreeMoves
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -280,6 +281,8 @@ class Namespace:
                                          self._metadata_stored, self._metadata_obsolete)
         # Old keys of renamed files until their DELETE ends, journaled the same way.
         self.old_keys = OldKeys(aclient)
+        # Directory renames, finished by the next mount when a crash cuts one short.
+        self.tree_moves = TreeMoves(aclient, self.old_keys, defaults, self.tuning.head_parallel)
 
     @property
     def _cache_on(self) -> bool:
@@ -1407,8 +1410,8 @@ class Namespace:
         """Move ``old_name`` to ``new_name``; returns (moved inode, replaced inode).
 
         Files: server-side copy then delete (multipart copy above 5 GB). Directories:
-        every key below is copied (in parallel) before any is deleted (in batches),
-        so a crash midway leaves both trees, never neither. ``before_copy`` (an async
+        every key below is copied (in parallel) before any is deleted, and a crash
+        midway is finished by the next mount (:mod:`cosfs.tree_moves`). ``before_copy`` (an async
         callable taking the moved and the replaced inode) lets the caller upload
         staged data first.
         """
@@ -1442,7 +1445,7 @@ class Namespace:
                 self.deferred.drop(dst.ino)  # its object is replaced
             if src.is_dir():
                 await self.deferred.apply_all(strict=True)  # the copies keep what is stored
-                await self._move_tree(old_key, new_key)
+                await self._move_tree(old_key, new_key, dst)
             elif src.attr.etag:  # an object exists (staged data was flushed first)
                 await self._move_object(src, old_key, new_key)
             if dst is not None and dst.is_dir() and not src.has_marker:
@@ -1521,33 +1524,12 @@ class Namespace:
         if cached is not None:
             self.object_attrs[new_key] = (info, src.attr)
 
-    async def _move_tree(self, old_key: str, new_key: str) -> None:
-        old_prefix, new_prefix = old_key + "/", new_key + "/"
-        keys: list[ObjectInfo] = []
-        async for page in self.aclient.list_pages(old_prefix):
-            keys.extend(page.contents)
-        for info in keys:
-            names.check_key(new_prefix + info.key[len(old_prefix):])
-        limit = trio.CapacityLimiter(self.tuning.head_parallel)
-
-        async def copy_one(info: ObjectInfo) -> None:
-            async with limit:
-                dst = new_prefix + info.key[len(old_prefix):]
-                if info.appendable or info.size > copies.COPY_LIMIT:
-                    head = await self.aclient.head_object(info.key)
-                    await copies.copy_object(self.aclient, info.key, dst,
-                                             self._file_attr(head))
-                else:
-                    await self.aclient.copy_object(info.key, dst,
-                                                   storage_class=info.storage_class)
-
-        async with trio.open_nursery() as nursery:
-            for info in keys:
-                nursery.start_soon(copy_one, info)
-        errors = await self.aclient.delete_objects([i.key for i in keys])
-        if errors:
-            raise OSError(errno.EIO, f"could not delete {len(errors)} old keys after copy")
-        for info in keys:
+    async def _move_tree(self, old_key: str, new_key: str, dst: Inode | None) -> None:
+        # The marker of an empty directory replaced is the one key under the new
+        # name that was there before.
+        keep = new_key + "/" if dst is not None and dst.has_marker else None
+        moved = await self.tree_moves.move(old_key + "/", new_key + "/", keep=keep)
+        for info in moved:
             self.object_attrs.pop(info.key, None)
 
     # -- statistics ----------------------------------------------------------------

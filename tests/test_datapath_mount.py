@@ -4,6 +4,7 @@ killed mount, faults, and the memory bound."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -358,6 +359,128 @@ def test_a_rename_whose_delete_keeps_failing_never_shows_the_old_name(
         time.sleep(0.2)
     assert os.listdir(m.path) == ["b"]
     assert "trying again in" in m.log()
+
+
+def _keys(client, prefix: str = "") -> list[str]:
+    return sorted(o.key for o in client.list_objects(prefix=prefix).contents)
+
+
+def _tree(m, top: str) -> dict[str, bytes]:
+    """A directory of 30 files and a subdirectory, written through mount ``m``."""
+    files = {f"f{i:02}": random.randbytes(100 + i) for i in range(30)}
+    files["sub/deep"] = b"deep"
+    (m.path / top / "sub").mkdir(parents=True)
+    for name, data in files.items():
+        (m.path / top / name).write_bytes(data)
+    return files
+
+
+def _moved_keys(files: dict[str, bytes], top: str) -> list[str]:
+    return sorted([f"{top}/", f"{top}/sub/", *(f"{top}/{n}" for n in files)])
+
+
+def _crash_midway_through_moving(m, server, client, src: str, dst: str,
+                                 total: int) -> None:
+    """Rename ``src`` (``total`` keys) to ``dst`` through mount ``m`` and kill the
+    mount when some of the copies, not all, are made."""
+    server.set_faults("PutObjectCopy", latency_ms=150)  # two at a time: 2.5 s
+
+    def move() -> None:
+        with contextlib.suppress(OSError):  # the mount dies under it
+            os.rename(m.path / src, m.path / dst)
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    deadline = time.monotonic() + 30
+    while len(_keys(client, f"{dst}/")) < 4:
+        assert time.monotonic() < deadline, "the copies never started"
+        time.sleep(0.05)
+    m.crash()
+    mover.join()
+    assert len(_keys(client, f"{dst}/")) < total  # cut short midway
+    server.clear_faults()
+
+
+def test_killed_mount_finishes_a_directory_rename_on_remount(mounter, fresh_server) -> None:
+    """Killed while it copies a directory's keys: the next mount copies the rest
+    and deletes the old ones, so every file is under its new name only."""
+    m = mounter(["max_requests=2"], server=fresh_server, bucket_name=fresh_server.bucket)
+    client = make_client(fresh_server, fresh_server.bucket)
+    files = _tree(m, "src")
+    _crash_midway_through_moving(m, fresh_server, client, "src", "dst", len(files) + 2)
+    m.start()
+    assert _keys(client) == _moved_keys(files, "dst")
+    assert sorted(os.listdir(m.path)) == ["dst"]
+    for name, data in files.items():
+        assert (m.path / "dst" / name).read_bytes() == data
+    assert "finished 1 directory renames" in m.log()
+
+
+def test_unsent_files_of_a_directory_rename_cut_short_go_up_under_the_new_name(
+        mounter, fresh_server) -> None:
+    """In write-back mode, files closed but not uploaded move along unsent: after a
+    crash midway, the next mount uploads them under the new name, a changed file
+    filling from the copy of its old object."""
+    m = mounter(["max_requests=2", "writeback", "writeback_delay=60"],
+                server=fresh_server, bucket_name=fresh_server.bucket)
+    client = make_client(fresh_server, fresh_server.bucket)
+    files = _tree(m, "src")
+    os.sync()  # the tree is on the server (each file's write-back upload)
+    m.remount()
+    with open(m.path / "src" / "f00", "r+b") as f:  # a changed existing file
+        f.seek(50)
+        f.write(b"CHANGED")
+    files["f00"] = files["f00"][:50] + b"CHANGED" + files["f00"][57:]
+    files["new"] = b"a new file"
+    (m.path / "src" / "new").write_bytes(files["new"])
+    assert "src/new" not in _keys(client)  # unsent
+    _crash_midway_through_moving(m, fresh_server, client, "src", "dst", len(files) + 1)
+    m.start()
+    assert _keys(client) == _moved_keys(files, "dst")
+    for name, data in files.items():
+        assert client.get_object(f"dst/{name}") == data, name
+    assert "recovered/" not in m.log()
+
+
+def test_a_directory_rename_whose_deletes_fail_is_done_and_survives_a_crash(
+        mounter, fresh_server) -> None:
+    """Every copy made, the store fails the DELETEs: the rename has happened (the
+    old name is gone from the mount), and a crash before the DELETEs succeed is
+    finished by the next mount."""
+    m = mounter(["retries=1"], server=fresh_server, bucket_name=fresh_server.bucket)
+    client = make_client(fresh_server, fresh_server.bucket)
+    files = _tree(m, "src")
+    for op in ("DeleteObject", "DeleteMultipleObjects"):
+        fresh_server.set_faults(op, error_rate=1.0, error_status=503)
+    os.rename(m.path / "src", m.path / "dst")
+    assert (m.path / "dst" / "sub" / "deep").read_bytes() == b"deep"
+    assert "src/f00" in _keys(client)  # not deleted yet
+    m.crash()
+    fresh_server.clear_faults()
+    m.start()
+    assert _keys(client) == _moved_keys(files, "dst")
+    assert sorted(os.listdir(m.path)) == ["dst"]
+
+
+def test_a_directory_rename_that_fails_leaves_it_where_it_was(mounter, client) -> None:
+    """One key cannot be copied (archived): the rename fails with its errno, the
+    copies made are deleted, the empty directory it was to replace stays, and
+    once the cause is gone the same rename works."""
+    m = mounter()
+    files = _tree(m, "src")
+    (m.path / "dst").mkdir()
+    client.put_object("src/cold", b"frozen", storage_class="ARCHIVE")
+    with pytest.raises(OSError) as exc:
+        os.rename(m.path / "src", m.path / "dst")
+    assert exc.value.errno == errno.EACCES
+    assert sorted(os.listdir(m.path)) == ["dst", "src"]  # after the deletes
+    assert os.listdir(m.path / "dst") == []
+    assert _keys(client, "dst") == ["dst/"]
+    assert "removing the" in m.log()
+    client.delete_object("src/cold")
+    os.rename(m.path / "src", m.path / "dst")
+    assert sorted(os.listdir(m.path)) == ["dst"]
+    assert _keys(client, "dst") == _moved_keys(files, "dst")
 
 
 def test_faults_through_the_mount_keep_data_identical(mounter, fresh_server) -> None:

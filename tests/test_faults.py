@@ -507,7 +507,8 @@ def kill_when(server: ServerProcess, op: str, count: int, m: Mount,
 @pytest.mark.parametrize("phase", ["copy", "delete"])
 def test_sigkill_during_directory_rename(mounter, fresh_server, phase) -> None:
     """A directory rename copies every key before deleting any: killed in either
-    phase, no file is lost (each is whole under the old name, the new, or both)."""
+    phase, no file is lost (each is whole under the old name, the new, or both),
+    and the next mount finishes the rename: each is under the new name only."""
     client = make_client(fresh_server, fresh_server.bucket)
     files = {f"src/sub{i % 3}/f{i}": version(f"f{i}", i, 2000 + i) for i in range(120)}
     for key, data in files.items():
@@ -554,6 +555,8 @@ def test_sigkill_during_directory_rename(mounter, fresh_server, phase) -> None:
                       "tried": len(files), "succeeded": len(files) if not lost else 0,
                       "eio": 0, "bytes_lost": lost, "half_written": 0})
     assert lost == 0
+    assert sorted(o.key for o in client.list_objects().contents) == \
+        sorted(f"dst/{key[len('src/'):]}" for key in files)
     assert client.list_multipart_uploads() == []
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -51,6 +52,29 @@ def test_journal_rows_round_trip(tmp_path: Path) -> None:
     assert len(old) == 1200 and old[0] == ("old/1", "e1") and old[-1] == ("old/0", "e-again")
     j.remove_old_keys([f"old/{i}" for i in range(1, 1200)])
     assert j.old_keys() == [("old/0", "e-again")]
+    j.close()
+
+
+def test_a_directory_move_becomes_old_keys_in_one_transaction(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j.sqlite")
+    j.put_tree_move("a/", "b/")
+    rec = StagedRecord(ino=3, key="a/x", name="n1")
+    j.add_file(rec)
+    assert j.holds_changes() and j.tree_moves() == [("a/", "b/")]
+    rec.key = "b/x"
+    j.end_tree_move("a/", [("a/", "e0"), ("a/x", "e1")], [rec])
+    j.close()
+
+    j = Journal(tmp_path / "j.sqlite")
+    assert j.tree_moves() == []
+    assert j.old_keys() == [("a/", "e0"), ("a/x", "e1")]
+    assert [f.key for f in j.files()] == ["b/x"]
+    j.put_tree_move("c/", "d/")
+    with pytest.raises(sqlite3.IntegrityError):  # a bad row undoes the whole change
+        j.end_tree_move("c/", [("c/y", None)])  # type: ignore[list-item]
+    assert j.tree_moves() == [("c/", "d/")]
+    assert len(j.old_keys()) == 2
+    j.put_old_key("after", "e")  # the journal goes on working
     j.close()
 
 

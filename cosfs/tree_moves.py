@@ -1,0 +1,237 @@
+"""Directory renames: every key below is copied before any is deleted, and a crash
+midway is finished by the next mount.
+
+A directory on COS is a prefix, so renaming one copies each key below it to the
+new prefix (in parallel) and deletes the old keys. The order and the cache's
+journal make that safe:
+
+* Before the first copy, the move (old prefix, new prefix) is committed to the
+  journal.
+* Once every copy is made, one transaction replaces that row by a row per old key
+  (:mod:`cosfs.old_keys`), and their DELETEs go out batched like those of renamed
+  files; the rename returns when they have ended. Those that fail are tried
+  again in the background, fenced (a listing of the parent waits for them), and
+  the rename is done all the same.
+* A copy that fails fails the rename, once the copies already made are deleted
+  the same way (as old keys: only while they hold the copy), so the directory
+  is where it was and the application may try again.
+* A crash during the copies leaves the row, and the next mount finishes the move:
+  it copies what is missing under the new prefix, points the dead mount's staged
+  files at their new keys, and turns the old keys whose copy exists into old-key
+  rows, which :meth:`cosfs.old_keys.OldKeys.recover` then deletes.
+
+So an old key is deleted only once its copy exists: a crash leaves each file
+under its old name, its new one or both, never neither, and the next mount
+leaves it under the new one.
+
+Invariants: while a move's keys are being copied its row is in the journal (when
+the mount gave one). The new prefix held no key but its marker when the move
+began (the namespace checks that under its rename lock), so any other key under
+it is a copy of the move, or newer. Used from the trio thread only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+
+import trio
+
+from cosfs import copies, meta, names
+from cosfs.aio import AsyncClient
+from cosfs.background import open_nursery_unwrapped
+from cosfs.cos import CosError, ObjectInfo
+from cosfs.cos.retry import is_server_fault
+from cosfs.journal import Journal, StagedRecord
+from cosfs.old_keys import OldKeys
+
+log = logging.getLogger(__name__)
+
+
+class TreeMoves:
+    """Renames directories: copies, then background deletes; finishes after a crash."""
+
+    def __init__(self, aclient: AsyncClient, old_keys: OldKeys, defaults: meta.Defaults,
+                 parallel: int) -> None:
+        self.aclient = aclient
+        self.old_keys = old_keys
+        self.defaults = defaults
+        self.parallel = parallel  # copies in flight
+
+    @property
+    def journal(self) -> Journal | None:
+        return self.old_keys.journal  # the mount gives it to both
+
+    async def move(self, old_prefix: str, new_prefix: str, *,
+                   keep: str | None = None) -> list[ObjectInfo]:
+        """Copy every key under ``old_prefix`` to ``new_prefix``, then delete the old
+        keys in the background; returns what the old keys were. ``keep`` is a key
+        under ``new_prefix`` that was there before (the marker of the directory
+        replaced), which a failed move must leave."""
+        keys = await self._list(old_prefix)
+        for info in keys:
+            names.check_key(_moved(info.key, old_prefix, new_prefix))
+        self._record(f"the rename of {old_prefix!r}",
+                     lambda j: j.put_tree_move(old_prefix, new_prefix))
+        tried: set[str] = set()
+        made: dict[str, str] = {}  # new key -> ETag of its copy
+
+        async def copy_one(info: ObjectInfo) -> None:
+            dst = _moved(info.key, old_prefix, new_prefix)
+            tried.add(dst)
+            made[dst] = await self._copy(info, dst)
+
+        try:
+            await self._each(keys, copy_one)
+        except BaseException as exc:
+            self._undo(old_prefix, tried, made, keep)
+            if isinstance(exc, Exception):  # not cancelled: others see it undone too
+                await self._settle(new_prefix)
+            raise
+        self._end(old_prefix, [(i.key, i.etag) for i in keys])
+        await self._settle(old_prefix)
+        return keys
+
+    async def recover(self) -> int:
+        """At mount: finish the directory renames a crash cut short. Returns how
+        many; one that fails for a store that fails stays for the next mount."""
+        if self.journal is None:
+            return 0
+        finished = 0
+        for old_prefix, new_prefix in self.journal.tree_moves():
+            try:
+                await self._finish(self.journal, old_prefix, new_prefix)
+                finished += 1
+            except (CosError, sqlite3.Error, OSError) as exc:
+                log.warning("could not finish renaming %r to %r (%s); will try at the "
+                            "next mount", old_prefix, new_prefix, exc)
+        return finished
+
+    # -- the copies ----------------------------------------------------------------
+
+    async def _list(self, prefix: str) -> list[ObjectInfo]:
+        keys: list[ObjectInfo] = []
+        async for page in self.aclient.list_pages(prefix):
+            keys.extend(page.contents)
+        return keys
+
+    async def _each(self, keys: list[ObjectInfo],
+                    fn: Callable[[ObjectInfo], Awaitable[None]]) -> None:
+        """``fn`` for every key, ``parallel`` at a time; the first failure cancels
+        the others and is raised."""
+        limit = trio.CapacityLimiter(self.parallel)
+
+        async def one(info: ObjectInfo) -> None:
+            async with limit:
+                await fn(info)
+
+        async with open_nursery_unwrapped() as nursery:
+            for info in keys:
+                nursery.start_soon(one, info)
+
+    async def _copy(self, info: ObjectInfo, dst: str) -> str:
+        """Copy one listed object to ``dst``; its ETag there."""
+        if info.appendable or info.size > copies.COPY_LIMIT:
+            # These cannot keep their metadata by a plain copy: it is rewritten.
+            head = await self.aclient.head_object(info.key)
+            return await copies.copy_object(self.aclient, info.key, dst,
+                                            meta.attr_from_object(head, self.defaults))
+        return await self.aclient.copy_object(info.key, dst, storage_class=info.storage_class)
+
+    # -- the journal ---------------------------------------------------------------
+
+    def _record(self, what: str, change: Callable[[Journal], None]) -> bool:
+        if self.journal is None:
+            return False
+        try:
+            change(self.journal)
+        except (sqlite3.Error, OSError) as exc:  # the rename goes on all the same
+            log.warning("the cache journal cannot record %s (a crash now would leave "
+                        "both names): %s", what, exc)
+            return False
+        return True
+
+    def _end(self, old_prefix: str, doomed: list[tuple[str, str]]) -> None:
+        """The move's copies are over: ``doomed`` ((key, ETag) pairs) are to go, in
+        the background, and replace the move's row in the journal."""
+        self._record(f"the old keys under {old_prefix!r}",
+                     lambda j: j.end_tree_move(old_prefix, doomed))
+        for key, _ in doomed:
+            self.aclient.delete_soon(key)
+
+    async def _settle(self, prefix: str) -> None:
+        """Wait for the DELETEs under ``prefix``, so that other clients too see the
+        rename (or its undoing) once it returns. Those that fail stay pending,
+        retried in the background and fenced (see AsyncClient.delete_soon)."""
+        with contextlib.suppress(CosError):
+            await self.aclient.wait_deletes(prefix)
+
+    def _undo(self, old_prefix: str, tried: set[str], made: dict[str, str],
+              keep: str | None) -> None:
+        """A copy failed: delete the copies made, and those whose copy may have
+        been made (the store did not answer), other than ``keep``."""
+        log.warning("renaming %r failed; removing the %d copies made under the new name",
+                    old_prefix, len(made))
+        self._end(old_prefix, [(k, etag) for k, etag in made.items() if k != keep])
+        for key in tried - made.keys() - {keep}:
+            self.aclient.delete_soon(key)
+
+    # -- recovery ------------------------------------------------------------------
+
+    async def _finish(self, journal: Journal, old_prefix: str, new_prefix: str) -> None:
+        keys = await self._list(old_prefix)
+        copied: dict[str, str] = {}  # old key -> ETag of its copy under new_prefix
+
+        async def ensure_copy(info: ObjectInfo) -> None:
+            dst = _moved(info.key, old_prefix, new_prefix)
+            try:
+                copied[info.key] = await self._counterpart(info, dst)
+            except CosError as exc:
+                if is_server_fault(exc):
+                    raise  # the store is failing: the next mount tries again
+                log.error("could not copy %r to %r to finish a rename cut short by a "
+                          "crash (%s): the old name stays", info.key, dst, exc)
+
+        await self._each(keys, ensure_copy)
+        listed = {i.key: i.etag for i in keys}
+        staged = _repoint(journal.files(), old_prefix, new_prefix, listed, copied)
+        journal.end_tree_move(old_prefix, [(k, listed[k]) for k in copied], staged)
+        log.info("recovery: finished renaming %r to %r (%d keys)", old_prefix,
+                    new_prefix, len(copied))
+
+    async def _counterpart(self, info: ObjectInfo, dst: str) -> str:
+        """The ETag of ``dst``, copying ``info`` there first if it is missing. One
+        that exists is this move's copy or newer (see the invariants): kept."""
+        try:
+            return (await self.aclient.head_object(dst)).etag
+        except CosError as exc:
+            if exc.status != 404:
+                raise
+        return await self._copy(info, dst)
+
+
+def _moved(key: str, old_prefix: str, new_prefix: str) -> str:
+    return new_prefix + key[len(old_prefix):]
+
+
+def _repoint(records: Iterable[StagedRecord], old_prefix: str, new_prefix: str,
+             listed: dict[str, str], copied: dict[str, str]) -> list[StagedRecord]:
+    """Staged files of the dead mount under the moved directory go up under their
+    new keys; one whose base object was copied unchanged fills from the copy. (A
+    base that had changed already stays: the recovery of staged files then keeps
+    the file under ``recovered/``, as for any conflict.)"""
+    changed = []
+    for rec in records:
+        moved = False
+        if rec.key.startswith(old_prefix):
+            rec.key = _moved(rec.key, old_prefix, new_prefix)
+            moved = True
+        base = rec.base_key
+        if base is not None and base in copied and listed.get(base) == rec.base_etag:
+            rec.base_key, rec.base_etag = _moved(base, old_prefix, new_prefix), copied[base]
+            moved = True
+        if moved:
+            changed.append(rec)
+    return changed
