@@ -1411,9 +1411,9 @@ class Namespace:
 
         Files: server-side copy then delete (multipart copy above 5 GB). Directories:
         every key below is copied (in parallel) before any is deleted, and a crash
-        midway is finished by the next mount (:mod:`cosfs.tree_moves`). ``before_copy`` (an async
-        callable taking the moved and the replaced inode) lets the caller upload
-        staged data first.
+        midway is finished by the next mount (:mod:`cosfs.tree_moves`).
+        ``before_copy`` (an async callable taking the moved and the replaced inode)
+        lets the caller upload staged data first.
         """
         async with self.rename_lock:
             src_parent = self.get(old_parent)
