@@ -67,9 +67,9 @@ class TreeMoves:
     async def move(self, old_prefix: str, new_prefix: str, *,
                    keep: str | None = None) -> list[ObjectInfo]:
         """Copy every key under ``old_prefix`` to ``new_prefix``, then delete the old
-        keys in the background; returns what the old keys were. ``keep`` is a key
-        under ``new_prefix`` that was there before (the marker of the directory
-        replaced), which a failed move must leave."""
+        keys (a DELETE that fails is retried in the background); returns what the
+        old keys were. ``keep`` is a key under ``new_prefix`` that was there before
+        (the marker of the directory replaced), which a failed move must leave."""
         keys = await self._list(old_prefix)
         for info in keys:
             names.check_key(_moved(info.key, old_prefix, new_prefix))
