@@ -36,10 +36,15 @@ UNCOPYABLE = frozenset({"ARCHIVE", "DEEP_ARCHIVE"})
 _APPEND_CHUNK = 64 * 1024**2
 
 
+def atomic(attr: Attr) -> bool:
+    """Whether :func:`copy_object` copies the object in one request, so that the
+    new key holds all of it or nothing, whatever happens midway."""
+    return not attr.appendable and attr.size <= COPY_LIMIT
+
+
 def copyable(attr: Attr) -> bool:
     """Whether a single PUT Copy can copy the object onto itself (a metadata change)."""
-    return not attr.appendable and attr.size <= COPY_LIMIT \
-        and attr.storage_class not in UNCOPYABLE
+    return atomic(attr) and attr.storage_class not in UNCOPYABLE
 
 
 async def kept_by_copy(aclient: AsyncClient, key: str, attr: Attr) -> Attr:

@@ -65,9 +65,10 @@ CREATE TABLE IF NOT EXISTS old_keys (
     etag TEXT NOT NULL,            -- the object it held: deleted only while it does
     created REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS tree_moves (
-    old_prefix TEXT PRIMARY KEY,   -- a directory being renamed: its keys are copied
-    new_prefix TEXT NOT NULL,      -- here, then become old keys (above)
+CREATE TABLE IF NOT EXISTS moves (
+    old TEXT PRIMARY KEY,          -- a rename whose copies are being made: of every
+    new TEXT NOT NULL,             -- key under a prefix (tree), or of one key whose
+    tree INTEGER NOT NULL,         -- copy takes more than one request
     created REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS uploads (
@@ -180,7 +181,7 @@ class Journal:
         """Whether any row waits for the server (a staged file, metadata, an old
         key, a multipart upload): what the next recovery would act on."""
         return any(self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
-                   for table in ("staged", "pending_meta", "old_keys", "tree_moves",
+                   for table in ("staged", "pending_meta", "old_keys", "moves",
                                  "uploads"))
 
     # -- staged files ----------------------------------------------------------
@@ -253,21 +254,21 @@ class Journal:
         rows = self._db.execute("SELECT key, etag FROM old_keys ORDER BY created, rowid")
         return [(r[0], r[1]) for r in rows.fetchall()]
 
-    # -- directory renames -----------------------------------------------------
-    def put_tree_move(self, old_prefix: str, new_prefix: str) -> None:
-        """Record that the keys under ``old_prefix`` are being copied under
-        ``new_prefix`` (committed before the first copy)."""
-        self._change("INSERT OR REPLACE INTO tree_moves VALUES (?, ?, ?)",
-                     (old_prefix, new_prefix, time.time()))
+    # -- renames whose copies are under way --------------------------------------
+    def put_move(self, old: str, new: str, *, tree: bool) -> None:
+        """Record that ``old`` (a key, or with ``tree`` every key under the prefix
+        ``old``) is being copied to ``new`` (committed before the first copy)."""
+        self._change("INSERT OR REPLACE INTO moves VALUES (?, ?, ?, ?)",
+                     (old, new, int(tree), time.time()))
 
-    def end_tree_move(self, old_prefix: str, old_keys: Iterable[tuple[str, str]],
-                      staged: Iterable[StagedRecord] = ()) -> None:
-        """In one transaction: forget the move of ``old_prefix``, record
-        ``old_keys`` ((key, etag) pairs) as keys to delete, and store the changed
-        rows of ``staged`` files. So a crash leaves either the move to finish or
-        the keys to delete, never neither."""
+    def end_move(self, old: str, old_keys: Iterable[tuple[str, str]] = (),
+                 staged: Iterable[StagedRecord] = ()) -> None:
+        """In one transaction: forget the move of ``old``, record ``old_keys``
+        ((key, etag) pairs) as keys to delete, and store the changed rows of
+        ``staged`` files. So a crash leaves either the move to finish or the keys
+        to delete, never neither."""
         with self._transaction():
-            self._change("DELETE FROM tree_moves WHERE old_prefix=?", (old_prefix,))
+            self._change("DELETE FROM moves WHERE old=?", (old,))
             now = time.time()
             for key, etag in old_keys:
                 self._change("INSERT OR REPLACE INTO old_keys VALUES (?, ?, ?)",
@@ -275,11 +276,10 @@ class Journal:
             for rec in staged:
                 self.update_file(rec)
 
-    def tree_moves(self) -> list[tuple[str, str]]:
-        """(old prefix, new prefix) of every directory rename a crash cut short."""
-        rows = self._db.execute(
-            "SELECT old_prefix, new_prefix FROM tree_moves ORDER BY created, rowid")
-        return [(r[0], r[1]) for r in rows.fetchall()]
+    def moves(self) -> list[tuple[str, str, bool]]:
+        """(old, new, tree) of every rename a crash cut short, oldest first."""
+        rows = self._db.execute("SELECT old, new, tree FROM moves ORDER BY created, rowid")
+        return [(r[0], r[1], bool(r[2])) for r in rows.fetchall()]
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:

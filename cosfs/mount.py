@@ -322,12 +322,12 @@ async def serve(p: Prepared, ready: Callable[[], None]) -> None:
     data = DataPath(aclient, p.cache_dir, p.data_tuning)
     # Renames and metadata changes survive a crash in the cache's journal.
     ns.old_keys.journal = ns.deferred.journal = data.cache.journal
-    # Directory renames first (they leave old keys, and point staged files at
+    # Renames cut short first (they leave old keys, and point staged files at
     # their new keys); old names next: a new file made under one must not look
     # like another client's object to the recovery of staged files.
-    moves = 0 if p.args.ro else await ns.tree_moves.recover()
+    moves = 0 if p.args.ro else await ns.moves.recover()
     if moves:
-        log.warning("recovery: finished %d directory renames", moves)
+        log.warning("recovery: finished %d renames a crash cut short", moves)
     deleted = 0 if p.args.ro else await ns.old_keys.recover()
     if deleted:
         log.warning("recovery: deleted the old names of %d renamed files", deleted)

@@ -63,10 +63,10 @@ from cosfs import copies, meta, names
 from cosfs.aio import AsyncClient
 from cosfs.background import TaskSet
 from cosfs.cos import CosError, ListPage, ObjectInfo
-from cosfs.deferred_meta import DeferredMetadata
+from cosfs.deferred_meta import DeferredMetadata, PendingMeta
 from cosfs.meta import Attr, Defaults
+from cosfs.moves import Moves
 from cosfs.old_keys import OldKeys
-from cosfs.tree_moves import TreeMoves
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -281,8 +281,9 @@ class Namespace:
                                          self._metadata_stored, self._metadata_obsolete)
         # Old keys of renamed files until their DELETE ends, journaled the same way.
         self.old_keys = OldKeys(aclient)
-        # Directory renames, finished by the next mount when a crash cuts one short.
-        self.tree_moves = TreeMoves(aclient, self.old_keys, defaults, self.tuning.head_parallel)
+        # Renames of more than one copy request, finished by the next mount when a
+        # crash cuts one short.
+        self.moves = Moves(aclient, self.old_keys, defaults, self.tuning.head_parallel)
 
     @property
     def _cache_on(self) -> bool:
@@ -1411,7 +1412,7 @@ class Namespace:
 
         Files: server-side copy then delete (multipart copy above 5 GB). Directories:
         every key below is copied (in parallel) before any is deleted, and a crash
-        midway is finished by the next mount (:mod:`cosfs.tree_moves`).
+        midway is finished by the next mount (:mod:`cosfs.moves`).
         ``before_copy`` (an async callable taking the moved and the replaced inode)
         lets the caller upload staged data first.
         """
@@ -1491,13 +1492,30 @@ class Namespace:
     async def _move_object(self, src: Inode, old_key: str, new_key: str) -> None:
         await self.deferred.settle(src.ino)
         carry = self.deferred.take(src.ino)
-        old_etag = src.attr.etag
         retype = meta.retyped(src.attr.content_type, old_key, new_key, self.guess_type) \
             if stat.S_ISREG(src.attr.mode) else None  # a symlink's type means nothing
+        # Once the new key is complete the rename is done. Requests naming the old
+        # key wait for its DELETE (see AsyncClient), so it runs in the background;
+        # the journal holds it until then (cosfs.old_keys), and holds the move
+        # itself while a copy of more than one request is made (cosfs.moves).
+        info = await self.moves.move_file(
+            old_key, new_key, src.attr,
+            lambda: self._copy_renamed(src, old_key, new_key, carry, retype))
+        if retype is not None:
+            src.attr.content_type = retype
+        if carry is not None:
+            self.deferred.forget(carry.key)
+        cached = self.object_attrs.pop(old_key, None)
+        src.attr.etag = info
+        if cached is not None:
+            self.object_attrs[new_key] = (info, src.attr)
+
+    async def _copy_renamed(self, src: Inode, old_key: str, new_key: str,
+                            carry: PendingMeta | None, retype: str | None) -> str:
         try:
             # The copy carries the deferred metadata, on condition that the object
             # is still the one it was for.
-            info = await copies.copy_object(
+            return await copies.copy_object(
                 self.aclient, old_key, new_key, src.attr, retype=retype,
                 rewrite=carry is not None, if_match=carry.etag if carry else None,
                 default_type=carry.content_type if carry else None)
@@ -1509,26 +1527,14 @@ class Namespace:
             log.warning("%r changed on the server before its new metadata was stored; "
                         "it keeps the server's", old_key)
             src.expires = 0.0
-            info = await copies.copy_object(self.aclient, old_key, new_key, src.attr,
+            return await copies.copy_object(self.aclient, old_key, new_key, src.attr,
                                             retype=retype)
-        if retype is not None:
-            src.attr.content_type = retype
-        # The new key is complete: the rename is done. Requests naming the old key
-        # wait for its DELETE (see AsyncClient), so it may run in the background;
-        # the journal holds it until then (cosfs.old_keys).
-        self.old_keys.delete_soon(old_key, old_etag)
-        if carry is not None:
-            self.deferred.forget(carry.key)
-        cached = self.object_attrs.pop(old_key, None)
-        src.attr.etag = info
-        if cached is not None:
-            self.object_attrs[new_key] = (info, src.attr)
 
     async def _move_tree(self, old_key: str, new_key: str, dst: Inode | None) -> None:
         # The marker of an empty directory replaced is the one key under the new
         # name that was there before.
         keep = new_key + "/" if dst is not None and dst.has_marker else None
-        moved = await self.tree_moves.move(old_key + "/", new_key + "/", keep=keep)
+        moved = await self.moves.move_tree(old_key + "/", new_key + "/", keep=keep)
         for info in moved:
             self.object_attrs.pop(info.key, None)
 

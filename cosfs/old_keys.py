@@ -1,6 +1,7 @@
 """The old keys of renamed files, kept in the journal until they are deleted.
 
-(Directory renames hand their old keys here too, see :mod:`cosfs.tree_moves`.)
+(Renames of more than one copy, a directory's among them, hand their old keys
+here too: see :mod:`cosfs.moves`.)
 
 A file rename copies the object to its new key and returns; the DELETE of the old
 key runs in the background, batched with others (:meth:`cosfs.aio.AsyncClient.

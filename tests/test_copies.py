@@ -15,6 +15,9 @@ import trio
 from cosfs import copies, meta
 from cosfs.aio import AsyncClient
 from cosfs.cos import CosError
+from cosfs.journal import Journal
+from cosfs.moves import Moves
+from cosfs.old_keys import OldKeys
 
 
 @pytest.fixture
@@ -75,3 +78,30 @@ def test_a_rewriting_copy_of_a_changed_object_fails_and_writes_nothing(aclient, 
         trio.run(copy)
     assert err.value.status == 412
     assert [o.key for o in client.list_objects().contents] == ["src"]
+
+
+def test_a_big_file_rename_cut_short_is_finished_by_the_next_mount(aclient, client,
+                                                                   tmp_path, monkeypatch):
+    """A crash during a copy by parts leaves the move in the journal and an open
+    multipart upload under the new name: the recovery aborts that upload, copies
+    the file whole and hands the old key to the old-key recovery."""
+    monkeypatch.setattr(copies, "COPY_LIMIT", 256 * 1024)
+    monkeypatch.setattr(copies, "COPY_PART", 100 * 1024)
+    data = os.urandom(300 * 1024)
+    client.put_object("big", data)
+    client.create_multipart_upload("big.1")  # what the dead mount's copy had begun
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.put_move("big", "big.1", tree=False)
+    old_keys = OldKeys(aclient)
+    old_keys.journal = journal
+    moves = Moves(aclient, old_keys, meta.Defaults(), 4)
+
+    async def recover() -> tuple[int, int]:
+        return await moves.recover(), await old_keys.recover()
+
+    assert trio.run(recover) == (1, 1)
+    assert client.list_multipart_uploads() == []
+    assert [o.key for o in client.list_objects().contents] == ["big.1"]
+    assert client.get_object("big.1") == data
+    assert journal.moves() == [] and journal.old_keys() == []
+    journal.close()

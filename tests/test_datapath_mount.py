@@ -4,7 +4,6 @@ killed mount, faults, and the memory bound."""
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
@@ -379,18 +378,26 @@ def _moved_keys(files: dict[str, bytes], top: str) -> list[str]:
     return sorted([f"{top}/", f"{top}/sub/", *(f"{top}/{n}" for n in files)])
 
 
+def _rename_in_background(m, src: str, dst: str) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+
+    def move() -> None:
+        try:
+            os.rename(m.path / src, m.path / dst)
+        except OSError as exc:
+            box["error"] = exc
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    return mover, box
+
+
 def _crash_midway_through_moving(m, server, client, src: str, dst: str,
                                  total: int) -> None:
     """Rename ``src`` (``total`` keys) to ``dst`` through mount ``m`` and kill the
     mount when some of the copies, not all, are made."""
     server.set_faults("PutObjectCopy", latency_ms=150)  # two at a time: 2.5 s
-
-    def move() -> None:
-        with contextlib.suppress(OSError):  # the mount dies under it
-            os.rename(m.path / src, m.path / dst)
-
-    mover = threading.Thread(target=move)
-    mover.start()
+    mover, _ = _rename_in_background(m, src, dst)  # the mount dies under it
     deadline = time.monotonic() + 30
     while len(_keys(client, f"{dst}/")) < 4:
         assert time.monotonic() < deadline, "the copies never started"
@@ -413,7 +420,7 @@ def test_killed_mount_finishes_a_directory_rename_on_remount(mounter, fresh_serv
     assert sorted(os.listdir(m.path)) == ["dst"]
     for name, data in files.items():
         assert (m.path / "dst" / name).read_bytes() == data
-    assert "finished 1 directory renames" in m.log()
+    assert "finished 1 renames a crash cut short" in m.log()
 
 
 def test_unsent_files_of_a_directory_rename_cut_short_go_up_under_the_new_name(
@@ -481,6 +488,63 @@ def test_a_directory_rename_that_fails_leaves_it_where_it_was(mounter, client) -
     os.rename(m.path / "src", m.path / "dst")
     assert sorted(os.listdir(m.path)) == ["dst"]
     assert _keys(client, "dst") == _moved_keys(files, "dst")
+
+
+def _renaming_a_slow_appendable_log(mounter, server):
+    """Rename an appendable object ``log`` to ``log.1`` in the background through a
+    mount, each append taking a second: the copy is two appends (of 64 MiB and 1
+    KiB, downloaded first). Returns the mount, a client, the data, the thread and
+    the box that receives its error."""
+    client = make_client(server, server.bucket)
+    data = random.randbytes(64 * MiB + KiB)
+    client.append_object("log", 0, data[:32 * MiB])
+    client.append_object("log", 32 * MiB, data[32 * MiB:])
+    m = mounter(server=server, bucket_name=server.bucket)
+    assert (m.path / "log").stat().st_size == len(data)
+    server.reset_stats()
+    server.set_faults("AppendObject", latency_ms=1000)
+    mover, box = _rename_in_background(m, "log", "log.1")
+    return m, client, data, mover, box
+
+
+def _wait_for(server, op: str, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while server.count(op) < count:
+        assert time.monotonic() < deadline, f"{op} never reached {count}"
+        time.sleep(0.02)
+
+
+def test_killed_mount_finishes_renaming_an_appendable_file(mounter, fresh_server) -> None:
+    """An appendable object is renamed by appending it again under the new name:
+    killed midway, the next mount appends it whole there (not leaving half of it)
+    and deletes the old name."""
+    m, client, data, mover, _ = _renaming_a_slow_appendable_log(mounter, fresh_server)
+    _wait_for(fresh_server, "AppendObject", 2)  # the first landed, the second waits
+    m.crash()
+    mover.join()
+    assert client.head_object("log.1").size == 64 * MiB  # half a copy
+    fresh_server.clear_faults()
+    m.start()
+    assert _keys(client) == ["log.1"]
+    assert client.head_object("log.1").appendable
+    assert md5(client.get_object("log.1")) == md5(data)
+    assert "finished 1 renames a crash cut short" in m.log()
+
+
+def test_a_failed_rename_of_an_appendable_file_leaves_no_half_copy(mounter, fresh_server
+                                                                    ) -> None:
+    m, client, data, mover, box = _renaming_a_slow_appendable_log(mounter, fresh_server)
+    _wait_for(fresh_server, "AppendObject", 1)
+    # The download of the second part is refused once the first part is appended.
+    fresh_server.set_faults("GetObject", error_rate=1.0, error_status=403)
+    mover.join()
+    assert box["error"].errno == errno.EACCES
+    fresh_server.clear_faults()
+    assert _keys(client) == ["log"]
+    assert sorted(os.listdir(m.path)) == ["log"]
+    m.remount()  # nothing is left for the next mount to finish
+    assert _keys(client) == ["log"]
+    assert md5((m.path / "log").read_bytes()) == md5(data)
 
 
 def test_faults_through_the_mount_keep_data_identical(mounter, fresh_server) -> None:

@@ -55,24 +55,24 @@ def test_journal_rows_round_trip(tmp_path: Path) -> None:
     j.close()
 
 
-def test_a_directory_move_becomes_old_keys_in_one_transaction(tmp_path: Path) -> None:
+def test_a_move_becomes_old_keys_in_one_transaction(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j.sqlite")
-    j.put_tree_move("a/", "b/")
+    j.put_move("a/", "b/", tree=True)
     rec = StagedRecord(ino=3, key="a/x", name="n1")
     j.add_file(rec)
-    assert j.holds_changes() and j.tree_moves() == [("a/", "b/")]
+    assert j.holds_changes() and j.moves() == [("a/", "b/", True)]
     rec.key = "b/x"
-    j.end_tree_move("a/", [("a/", "e0"), ("a/x", "e1")], [rec])
+    j.end_move("a/", [("a/", "e0"), ("a/x", "e1")], [rec])
     j.close()
 
     j = Journal(tmp_path / "j.sqlite")
-    assert j.tree_moves() == []
+    assert j.moves() == []
     assert j.old_keys() == [("a/", "e0"), ("a/x", "e1")]
     assert [f.key for f in j.files()] == ["b/x"]
-    j.put_tree_move("c/", "d/")
+    j.put_move("c", "d", tree=False)
     with pytest.raises(sqlite3.IntegrityError):  # a bad row undoes the whole change
-        j.end_tree_move("c/", [("c/y", None)])  # type: ignore[list-item]
-    assert j.tree_moves() == [("c/", "d/")]
+        j.end_move("c", [("c", None)])  # type: ignore[list-item]
+    assert j.moves() == [("c", "d", False)]
     assert len(j.old_keys()) == 2
     j.put_old_key("after", "e")  # the journal goes on working
     j.close()

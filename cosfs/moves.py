@@ -1,33 +1,39 @@
-"""Directory renames: every key below is copied before any is deleted, and a crash
-midway is finished by the next mount.
+"""Renames that take more than one copy request, journaled so that a crash midway is
+finished by the next mount: directories, and files whose copy is not atomic.
 
 A directory on COS is a prefix, so renaming one copies each key below it to the
-new prefix (in parallel) and deletes the old keys. The order and the cache's
-journal make that safe:
+new prefix (in parallel) and deletes the old keys. A file's rename is one PUT Copy,
+which makes the new key whole or not at all, except for two kinds of object: one
+over 5 GB is copied part by part into a multipart upload, and an appendable one
+is appended again from a download, so a crash midway leaves half of it under the
+new name (:mod:`cosfs.copies`). The order and the cache's journal make both safe:
 
-* Before the first copy, the move (old prefix, new prefix) is committed to the
+* Before the first copy, the move (old key or prefix, new one) is committed to the
   journal.
 * Once every copy is made, one transaction replaces that row by a row per old key
   (:mod:`cosfs.old_keys`), and their DELETEs go out batched like those of renamed
-  files; the rename returns when they have ended. Those that fail are tried
-  again in the background, fenced (a listing of the parent waits for them), and
-  the rename is done all the same.
+  files. A directory's rename returns when they have ended (a file's need not
+  wait: the fence of :class:`cosfs.aio.AsyncClient` keeps the mount's own view
+  right). Those that fail are tried again in the background, fenced, and the
+  rename is done all the same.
 * A copy that fails fails the rename, once the copies already made are deleted
-  the same way (as old keys: only while they hold the copy), so the directory
-  is where it was and the application may try again.
+  (a directory's, as old keys: only while they hold the copy; a half-appended
+  file's at once), so the file or directory is where it was and the application
+  may try again.
 * A crash during the copies leaves the row, and the next mount finishes the move:
-  it copies what is missing under the new prefix, points the dead mount's staged
+  it copies what is missing or half-made under the new name (after aborting the
+  multipart uploads a copy by parts left there), points the dead mount's staged
   files at their new keys, and turns the old keys whose copy exists into old-key
   rows, which :meth:`cosfs.old_keys.OldKeys.recover` then deletes.
 
-So an old key is deleted only once its copy exists: a crash leaves each file
-under its old name, its new one or both, never neither, and the next mount
-leaves it under the new one.
+So an old key is deleted only once its whole copy exists: a crash leaves each
+file under its old name, its new one or both, never neither and never half, and
+the next mount leaves it under the new one.
 
 Invariants: while a move's keys are being copied its row is in the journal (when
-the mount gave one). The new prefix held no key but its marker when the move
-began (the namespace checks that under its rename lock), so any other key under
-it is a copy of the move, or newer. Used from the trio thread only.
+the mount gave one). The new prefix of a directory held no key but its marker when
+the move began (the namespace checks that under its rename lock), so any other key
+under it is a copy of the move, or newer. Used from the trio thread only.
 """
 
 from __future__ import annotations
@@ -50,8 +56,9 @@ from cosfs.old_keys import OldKeys
 log = logging.getLogger(__name__)
 
 
-class TreeMoves:
-    """Renames directories: copies, then background deletes; finishes after a crash."""
+class Moves:
+    """Renames directories, and files whose copy is not atomic; finishes them after
+    a crash."""
 
     def __init__(self, aclient: AsyncClient, old_keys: OldKeys, defaults: meta.Defaults,
                  parallel: int) -> None:
@@ -64,8 +71,8 @@ class TreeMoves:
     def journal(self) -> Journal | None:
         return self.old_keys.journal  # the mount gives it to both
 
-    async def move(self, old_prefix: str, new_prefix: str, *,
-                   keep: str | None = None) -> list[ObjectInfo]:
+    async def move_tree(self, old_prefix: str, new_prefix: str, *,
+                        keep: str | None = None) -> list[ObjectInfo]:
         """Copy every key under ``old_prefix`` to ``new_prefix``, then delete the old
         keys (a DELETE that fails is retried in the background); returns what the
         old keys were. ``keep`` is a key under ``new_prefix`` that was there before
@@ -74,7 +81,7 @@ class TreeMoves:
         for info in keys:
             names.check_key(_moved(info.key, old_prefix, new_prefix))
         self._record(f"the rename of {old_prefix!r}",
-                     lambda j: j.put_tree_move(old_prefix, new_prefix))
+                     lambda j: j.put_move(old_prefix, new_prefix, tree=True))
         tried: set[str] = set()
         made: dict[str, str] = {}  # new key -> ETag of its copy
 
@@ -94,19 +101,40 @@ class TreeMoves:
         await self._settle(old_prefix)
         return keys
 
+    async def move_file(self, old_key: str, new_key: str, attr: meta.Attr,
+                        copy: Callable[[], Awaitable[str]]) -> str:
+        """Run ``copy`` (which copies ``old_key``, whose attributes are ``attr``, to
+        ``new_key``; journaled first when that takes more than one request), then
+        delete ``old_key`` in the background. Returns the copy's ETag."""
+        old_etag = attr.etag
+        if copies.atomic(attr):
+            etag = await copy()
+            self.old_keys.delete_soon(old_key, old_etag)
+            return etag
+        self._record(f"the rename of {old_key!r}",
+                     lambda j: j.put_move(old_key, new_key, tree=False))
+        try:
+            etag = await copy()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._drop_half_copy(old_key, new_key, attr)
+            raise
+        self._end(old_key, [(old_key, old_etag)])
+        return etag
+
     async def recover(self) -> int:
-        """At mount: finish the directory renames a crash cut short. Returns how
-        many; one that fails for a store that fails stays for the next mount."""
+        """At mount: finish the renames a crash cut short. Returns how many; one
+        that fails for a store that fails stays for the next mount."""
         if self.journal is None:
             return 0
         finished = 0
-        for old_prefix, new_prefix in self.journal.tree_moves():
+        for old, new, tree in self.journal.moves():
             try:
-                await self._finish(self.journal, old_prefix, new_prefix)
+                await self._finish(self.journal, old, new, tree)
                 finished += 1
             except (CosError, sqlite3.Error, OSError) as exc:
                 log.warning("could not finish renaming %r to %r (%s); will try at the "
-                            "next mount", old_prefix, new_prefix, exc)
+                            "next mount", old, new, exc)
         return finished
 
     # -- the copies ----------------------------------------------------------------
@@ -135,10 +163,24 @@ class TreeMoves:
         """Copy one listed object to ``dst``; its ETag there."""
         if info.appendable or info.size > copies.COPY_LIMIT:
             # These cannot keep their metadata by a plain copy: it is rewritten.
-            head = await self.aclient.head_object(info.key)
+            head = info if not info.from_listing else await self.aclient.head_object(info.key)
             return await copies.copy_object(self.aclient, info.key, dst,
                                             meta.attr_from_object(head, self.defaults))
         return await self.aclient.copy_object(info.key, dst, storage_class=info.storage_class)
+
+    async def _drop_half_copy(self, old_key: str, new_key: str, attr: meta.Attr) -> None:
+        """A file's copy that is not atomic failed: delete what it appended under
+        the new name (a copy by parts aborts itself) and forget the move. If the
+        DELETE fails too, the row stays, and the next mount finishes the move
+        rather than leave half a file."""
+        if attr.appendable:
+            try:
+                await self.aclient.delete_object(new_key)
+            except CosError as exc:
+                log.warning("could not delete the partial copy %r of %r (%s); the next "
+                            "mount will finish the rename", new_key, old_key, exc)
+                return
+        self._record(f"the end of renaming {old_key!r}", lambda j: j.end_move(old_key))
 
     # -- the journal ---------------------------------------------------------------
 
@@ -153,11 +195,10 @@ class TreeMoves:
             return False
         return True
 
-    def _end(self, old_prefix: str, doomed: list[tuple[str, str]]) -> None:
+    def _end(self, old: str, doomed: list[tuple[str, str]]) -> None:
         """The move's copies are over: ``doomed`` ((key, ETag) pairs) are to go, in
         the background, and replace the move's row in the journal."""
-        self._record(f"the old keys under {old_prefix!r}",
-                     lambda j: j.end_tree_move(old_prefix, doomed))
+        self._record(f"the old keys of {old!r}", lambda j: j.end_move(old, doomed))
         for key, _ in doomed:
             self.aclient.delete_soon(key)
 
@@ -180,14 +221,15 @@ class TreeMoves:
 
     # -- recovery ------------------------------------------------------------------
 
-    async def _finish(self, journal: Journal, old_prefix: str, new_prefix: str) -> None:
-        keys = await self._list(old_prefix)
-        copied: dict[str, str] = {}  # old key -> ETag of its copy under new_prefix
+    async def _finish(self, journal: Journal, old: str, new: str, tree: bool) -> None:
+        # A file gone from its old name already: what is under the new one is all.
+        keys = await self._list(old) if tree else await self._head_if_any(old)
+        copied: dict[str, str] = {}  # old key -> ETag of its whole copy under ``new``
 
         async def ensure_copy(info: ObjectInfo) -> None:
-            dst = _moved(info.key, old_prefix, new_prefix)
+            dst = _moved(info.key, old, new)
             try:
-                copied[info.key] = await self._counterpart(info, dst)
+                copied[info.key] = await self._whole_copy(info, dst)
             except CosError as exc:
                 if is_server_fault(exc):
                     raise  # the store is failing: the next mount tries again
@@ -196,41 +238,57 @@ class TreeMoves:
 
         await self._each(keys, ensure_copy)
         listed = {i.key: i.etag for i in keys}
-        staged = _repoint(journal.files(), old_prefix, new_prefix, listed, copied)
-        journal.end_tree_move(old_prefix, [(k, listed[k]) for k in copied], staged)
-        log.info("recovery: finished renaming %r to %r (%d keys)", old_prefix,
-                    new_prefix, len(copied))
+        inside = (lambda key: key.startswith(old)) if tree else (lambda key: key == old)
+        staged = _repoint(journal.files(), inside, old, new, listed, copied)
+        journal.end_move(old, [(k, listed[k]) for k in copied], staged)
+        log.info("recovery: finished renaming %r to %r (%d keys)", old, new, len(copied))
 
-    async def _counterpart(self, info: ObjectInfo, dst: str) -> str:
-        """The ETag of ``dst``, copying ``info`` there first if it is missing. One
-        that exists is this move's copy or newer (see the invariants): kept."""
+    async def _head_if_any(self, key: str) -> list[ObjectInfo]:
+        """What a HEAD of ``key`` says, or nothing for a 404."""
         try:
-            return (await self.aclient.head_object(dst)).etag
+            return [await self.aclient.head_object(key)]
         except CosError as exc:
             if exc.status != 404:
                 raise
-        return await self._copy(info, dst)
+        return []
+
+    async def _whole_copy(self, info: ObjectInfo, dst: str) -> str:
+        """The ETag of a whole copy of ``info`` at ``dst``, made now if missing or
+        half-made. One that exists is this move's copy or newer (see the
+        invariants), except an appendable copy shorter than its source: half of
+        a copy that was being appended."""
+        if info.size > copies.COPY_LIMIT and not info.appendable:
+            await self._abort_uploads(dst)  # a copy by parts cut short
+        for head in await self._head_if_any(dst):
+            if not (info.appendable and head.appendable and head.size < info.size):
+                return head.etag
+        return await self._copy(info, dst)  # an appendable copy deletes the half first
+
+    async def _abort_uploads(self, key: str) -> None:
+        for up in await self.aclient.list_multipart_uploads(prefix=key):
+            if up.key == key:
+                await self.aclient.abort_multipart_upload(key, up.upload_id)
 
 
-def _moved(key: str, old_prefix: str, new_prefix: str) -> str:
-    return new_prefix + key[len(old_prefix):]
+def _moved(key: str, old: str, new: str) -> str:
+    return new + key[len(old):]
 
 
-def _repoint(records: Iterable[StagedRecord], old_prefix: str, new_prefix: str,
-             listed: dict[str, str], copied: dict[str, str]) -> list[StagedRecord]:
-    """Staged files of the dead mount under the moved directory go up under their
-    new keys; one whose base object was copied unchanged fills from the copy. (A
-    base that had changed already stays: the recovery of staged files then keeps
-    the file under ``recovered/``, as for any conflict.)"""
+def _repoint(records: Iterable[StagedRecord], inside: Callable[[str], bool], old: str,
+             new: str, listed: dict[str, str], copied: dict[str, str]) -> list[StagedRecord]:
+    """Staged files of the dead mount that were moved go up under their new keys;
+    one whose base object was copied unchanged fills from the copy. (A base that
+    had changed already stays: the recovery of staged files then keeps the file
+    under ``recovered/``, as for any conflict.)"""
     changed = []
     for rec in records:
         moved = False
-        if rec.key.startswith(old_prefix):
-            rec.key = _moved(rec.key, old_prefix, new_prefix)
+        if inside(rec.key):
+            rec.key = _moved(rec.key, old, new)
             moved = True
         base = rec.base_key
         if base is not None and base in copied and listed.get(base) == rec.base_etag:
-            rec.base_key, rec.base_etag = _moved(base, old_prefix, new_prefix), copied[base]
+            rec.base_key, rec.base_etag = _moved(base, old, new), copied[base]
             moved = True
         if moved:
             changed.append(rec)
