@@ -33,7 +33,9 @@ the next mount leaves it under the new one.
 Invariants: while a move's keys are being copied its row is in the journal (when
 the mount gave one). The new prefix of a directory held no key but its marker when
 the move began (the namespace checks that under its rename lock), so any other key
-under it is a copy of the move, or newer. Used from the trio thread only.
+under it is a copy of the move, or newer. A file's new name may hold the file it
+replaces, so the recovery of a file's move copies it again. Used from the trio
+thread only.
 """
 
 from __future__ import annotations
@@ -111,13 +113,16 @@ class Moves:
             etag = await copy()
             self.old_keys.delete_soon(old_key, old_etag)
             return etag
+        # What the new name held before (a file this one replaces), so that a
+        # failed copy deletes only what it made there.
+        before = await self._etag_of(new_key) if attr.appendable else None
         self._record(f"the rename of {old_key!r}",
                      lambda j: j.put_move(old_key, new_key, tree=False))
         try:
             etag = await copy()
         except BaseException:
             with trio.CancelScope(shield=True):
-                await self._drop_half_copy(old_key, new_key, attr)
+                await self._drop_half_copy(old_key, new_key, attr, before)
             raise
         self._end(old_key, [(old_key, old_etag)])
         return etag
@@ -168,19 +173,26 @@ class Moves:
                                             meta.attr_from_object(head, self.defaults))
         return await self.aclient.copy_object(info.key, dst, storage_class=info.storage_class)
 
-    async def _drop_half_copy(self, old_key: str, new_key: str, attr: meta.Attr) -> None:
+    async def _drop_half_copy(self, old_key: str, new_key: str, attr: meta.Attr,
+                              before: str | None) -> None:
         """A file's copy that is not atomic failed: delete what it appended under
-        the new name (a copy by parts aborts itself) and forget the move. If the
-        DELETE fails too, the row stays, and the next mount finishes the move
-        rather than leave half a file."""
+        the new name (a copy by parts aborts itself), unless the name still holds
+        what it held before (``before``, an ETag), and forget the move. If that
+        fails too, the row stays, and the next mount finishes the move rather
+        than leave half a file."""
         if attr.appendable:
             try:
-                await self.aclient.delete_object(new_key)
+                now = await self._etag_of(new_key)
+                if now is not None and now != before:
+                    await self.aclient.delete_object(new_key)
             except CosError as exc:
                 log.warning("could not delete the partial copy %r of %r (%s); the next "
                             "mount will finish the rename", new_key, old_key, exc)
                 return
         self._record(f"the end of renaming {old_key!r}", lambda j: j.end_move(old_key))
+
+    async def _etag_of(self, key: str) -> str | None:
+        return next((h.etag for h in await self._head_if_any(key)), None)
 
     # -- the journal ---------------------------------------------------------------
 
@@ -229,7 +241,8 @@ class Moves:
         async def ensure_copy(info: ObjectInfo) -> None:
             dst = _moved(info.key, old, new)
             try:
-                copied[info.key] = await self._whole_copy(info, dst)
+                copied[info.key] = await (self._whole_copy(info, dst) if tree
+                                          else self._copy_again(info, dst))
             except CosError as exc:
                 if is_server_fault(exc):
                     raise  # the store is failing: the next mount tries again
@@ -257,12 +270,22 @@ class Moves:
         half-made. One that exists is this move's copy or newer (see the
         invariants), except an appendable copy shorter than its source: half of
         a copy that was being appended."""
-        if info.size > copies.COPY_LIMIT and not info.appendable:
-            await self._abort_uploads(dst)  # a copy by parts cut short
+        await self._abort_if_big(info, dst)
         for head in await self._head_if_any(dst):
             if not (info.appendable and head.appendable and head.size < info.size):
                 return head.etag
         return await self._copy(info, dst)  # an appendable copy deletes the half first
+
+    async def _copy_again(self, info: ObjectInfo, dst: str) -> str:
+        """A file's move: whatever its new name holds (the file it replaces, half a
+        copy, a whole one) is not known to be the copy, and its old name still
+        holds it whole, so it is copied again."""
+        await self._abort_if_big(info, dst)
+        return await self._copy(info, dst)
+
+    async def _abort_if_big(self, info: ObjectInfo, dst: str) -> None:
+        if info.size > copies.COPY_LIMIT and not info.appendable:
+            await self._abort_uploads(dst)  # a copy by parts cut short
 
     async def _abort_uploads(self, key: str) -> None:
         for up in await self.aclient.list_multipart_uploads(prefix=key):

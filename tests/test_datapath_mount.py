@@ -547,6 +547,28 @@ def test_a_failed_rename_of_an_appendable_file_leaves_no_half_copy(mounter, fres
     assert md5((m.path / "log").read_bytes()) == md5(data)
 
 
+def test_a_rename_of_an_appendable_file_that_failed_before_copying_changes_nothing(
+        mounter, fresh_server) -> None:
+    """The store refuses the DELETE that starts the copy of an appendable file over
+    another: the rename fails, both files stay as they were, and the next mount
+    has no rename to finish (finishing it would put the old file back, and take
+    it for a copy of the renamed one)."""
+    client = make_client(fresh_server, fresh_server.bucket)
+    client.append_object("log", 0, b"appended\n")
+    client.put_object("old", b"the file to replace")
+    m = mounter(["retries=1"], server=fresh_server, bucket_name=fresh_server.bucket)
+    assert sorted(os.listdir(m.path)) == ["log", "old"]
+    fresh_server.set_faults("DeleteObject", error_rate=1.0, error_status=503)
+    with pytest.raises(OSError) as exc:
+        os.rename(m.path / "log", m.path / "old")
+    assert exc.value.errno == errno.EIO
+    fresh_server.clear_faults()
+    m.remount()
+    assert client.get_object("log") == b"appended\n"
+    assert client.get_object("old") == b"the file to replace"
+    assert "renames a crash cut short" not in m.log()
+
+
 def test_faults_through_the_mount_keep_data_identical(mounter, fresh_server) -> None:
     client = make_client(fresh_server, fresh_server.bucket)
     # About 30 requests at a 20% error rate: the chance that none fails (and the
