@@ -269,10 +269,8 @@ class Journal:
         to delete, never neither."""
         with self._transaction():
             self._change("DELETE FROM moves WHERE old=?", (old,))
-            now = time.time()
             for key, etag in old_keys:
-                self._change("INSERT OR REPLACE INTO old_keys VALUES (?, ?, ?)",
-                             (key, etag, now))
+                self.put_old_key(key, etag)
             for rec in staged:
                 self.update_file(rec)
 

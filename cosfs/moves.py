@@ -82,7 +82,7 @@ class Moves:
         keys = await self._list(old_prefix)
         for info in keys:
             names.check_key(_moved(info.key, old_prefix, new_prefix))
-        self._record(f"the rename of {old_prefix!r}",
+        self.old_keys.record(f"the rename of {old_prefix!r}",
                      lambda j: j.put_move(old_prefix, new_prefix, tree=True))
         tried: set[str] = set()
         made: dict[str, str] = {}  # new key -> ETag of its copy
@@ -116,7 +116,7 @@ class Moves:
         # What the new name held before (a file this one replaces), so that a
         # failed copy deletes only what it made there.
         before = await self._etag_of(new_key) if attr.appendable else None
-        self._record(f"the rename of {old_key!r}",
+        self.old_keys.record(f"the rename of {old_key!r}",
                      lambda j: j.put_move(old_key, new_key, tree=False))
         try:
             etag = await copy()
@@ -189,28 +189,17 @@ class Moves:
                 log.warning("could not delete the partial copy %r of %r (%s); the next "
                             "mount will finish the rename", new_key, old_key, exc)
                 return
-        self._record(f"the end of renaming {old_key!r}", lambda j: j.end_move(old_key))
+        self.old_keys.record(f"the end of renaming {old_key!r}", lambda j: j.end_move(old_key))
 
     async def _etag_of(self, key: str) -> str | None:
         return next((h.etag for h in await self._head_if_any(key)), None)
 
     # -- the journal ---------------------------------------------------------------
 
-    def _record(self, what: str, change: Callable[[Journal], None]) -> bool:
-        if self.journal is None:
-            return False
-        try:
-            change(self.journal)
-        except (sqlite3.Error, OSError) as exc:  # the rename goes on all the same
-            log.warning("the cache journal cannot record %s (a crash now would leave "
-                        "both names): %s", what, exc)
-            return False
-        return True
-
     def _end(self, old: str, doomed: list[tuple[str, str]]) -> None:
         """The move's copies are over: ``doomed`` ((key, ETag) pairs) are to go, in
         the background, and replace the move's row in the journal."""
-        self._record(f"the old keys of {old!r}", lambda j: j.end_move(old, doomed))
+        self.old_keys.record(f"the old keys of {old!r}", lambda j: j.end_move(old, doomed))
         for key, _ in doomed:
             self.aclient.delete_soon(key)
 

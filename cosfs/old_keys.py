@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Callable
 
 from cosfs.aio import AsyncClient
 from cosfs.cos import CosError
@@ -48,13 +49,20 @@ class OldKeys:
     def delete_soon(self, key: str, etag: str) -> None:
         """``key`` (holding the object ``etag``) was copied away: delete it, in the
         background; recorded in the journal first."""
-        if self.journal is not None:
-            try:
-                self.journal.put_old_key(key, etag)
-            except (sqlite3.Error, OSError) as exc:  # the rename is done all the same
-                log.warning("the cache journal cannot record the old key %r (a crash "
-                            "now would leave both names): %s", key, exc)
+        self.record(f"the old key {key!r}", lambda j: j.put_old_key(key, etag))
         self.aclient.delete_soon(key)
+
+    def record(self, what: str, change: Callable[[Journal], None]) -> None:
+        """Apply ``change`` to the journal, if the mount gave one. A journal that
+        refuses it (a full or failing cache disk) is logged: the rename it is for
+        is done all the same, only a crash now would leave both names."""
+        if self.journal is None:
+            return
+        try:
+            change(self.journal)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("the cache journal cannot record %s (a crash now would leave "
+                        "both names): %s", what, exc)
 
     def _forget(self, keys: list[str]) -> None:
         if self.journal is not None:
