@@ -31,6 +31,7 @@ from cosfs import meta, names
 from cosfs.cos import CosError, ObjectInfo
 from cosfs.errmap import errno_for
 from cosfs.namespace import ROOT_INODE, Inode, Namespace
+from cosfs.tree_gate import TreeGate
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,46 @@ def fuse_op(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+InodesOf = Callable[["Operations", tuple[Any, ...]], tuple[int, ...]]
+
+
+def on(inodes: InodesOf) -> Callable[[F], F]:
+    """A call acting on the inodes ``inodes(self, args)`` names: it waits while a
+    directory above one of them is being renamed, and such a rename waits for it
+    (:mod:`cosfs.tree_gate`)."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        async def wrapper(self: Operations, *args: Any) -> Any:
+            inos = inodes(self, args)
+            await self.tree_gate.enter(inos)
+            try:
+                return await fn(self, *args)
+            finally:
+                self.tree_gate.leave(inos)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _args(*positions: int) -> InodesOf:
+    """The inode numbers at these positions of the call's arguments."""
+    return lambda ops, args: tuple(args[p] for p in positions)
+
+
+def _handle_inode(ops: Operations, args: tuple[Any, ...]) -> tuple[int, ...]:
+    """The inode of the file handle the call names first."""
+    h = ops.handles.get(args[0])
+    return (h.inode.ino,) if h is not None else ()
+
+
+def _dir_handle_inode(ops: Operations, args: tuple[Any, ...]) -> tuple[int, ...]:
+    """The inode of the directory handle the call names first."""
+    state = ops.dir_handles.get(args[0])
+    return (state[0],) if state is not None else ()
+
+
 @dataclass(eq=False)
 class Handle:
     inode: Inode
@@ -144,6 +185,7 @@ class Operations(pyfuse3.Operations):
         # (see _replacing).
         self._busy_names: dict[tuple[int, str], trio.Event] = {}
         self._busy_inodes: dict[int, trio.Event] = {}
+        self.tree_gate = TreeGate(self._parent_of)
         self._next_fh = 1
         self.stats = {"errors": 0}
         # Write-back uploads end after flush() returned: record what they produced.
@@ -159,6 +201,10 @@ class Operations(pyfuse3.Operations):
             self._readers_follow(node)
 
     # -- helpers -----------------------------------------------------------------
+
+    def _parent_of(self, ino: int) -> int | None:
+        node = self.ns.inodes.get(ino)
+        return None if node is None or ino == ROOT_INODE else node.parent
 
     def entry(self, inode: Inode) -> pyfuse3.EntryAttributes:
         a = inode.attr
@@ -274,6 +320,7 @@ class Operations(pyfuse3.Operations):
     # -- lookups and attributes ----------------------------------------------------
 
     @fuse_op
+    @on(_args(0))
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
         text = names.decode_name(name)
@@ -293,6 +340,7 @@ class Operations(pyfuse3.Operations):
             self.ns.forget(ino, count)
 
     @fuse_op
+    @on(_args(0))
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = await self.ns.getattr(inode)
         if node.ino != inode and node.attr.kind != self.ns.get(inode).attr.kind:
@@ -303,6 +351,7 @@ class Operations(pyfuse3.Operations):
         return self.entry(node)
 
     @fuse_op
+    @on(_args(0))
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
@@ -383,6 +432,7 @@ class Operations(pyfuse3.Operations):
             await self._unstage(node)
 
     @fuse_op
+    @on(_args(0))
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
         target = await self.ns.readlink(inode)
         return target.encode("utf-8", "surrogateescape")
@@ -390,6 +440,7 @@ class Operations(pyfuse3.Operations):
     # -- directories -----------------------------------------------------------------
 
     @fuse_op
+    @on(_args(0))
     async def opendir(self, inode: int, ctx: Any = None) -> int:
         node = self.ns.get(inode)
         if not node.is_dir():
@@ -400,6 +451,7 @@ class Operations(pyfuse3.Operations):
         return fh
 
     @fuse_op
+    @on(_dir_handle_inode)
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         try:
             state = self.dir_handles[fh]
@@ -424,6 +476,7 @@ class Operations(pyfuse3.Operations):
         self.dir_handles.pop(fh, None)
 
     @fuse_op
+    @on(_dir_handle_inode)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         # Directory changes are on the server when their call returns, except the
         # DELETE of a renamed file's old key, which may still be running.
@@ -433,6 +486,7 @@ class Operations(pyfuse3.Operations):
             await self.ns.aclient.wait_deletes(names.dir_prefix(self.ns.key_of(node)))
 
     @fuse_op
+    @on(_args(0))
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
         self._writable()
@@ -442,6 +496,7 @@ class Operations(pyfuse3.Operations):
         return self.entry(inode)
 
     @fuse_op
+    @on(_args(0))
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         self._writable()
         text = names.decode_name(name)
@@ -449,6 +504,7 @@ class Operations(pyfuse3.Operations):
         self._kernel_forget_name(parent_inode, text)
 
     @fuse_op
+    @on(_args(0))
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         self._writable()
         text = names.decode_name(name)
@@ -578,6 +634,7 @@ class Operations(pyfuse3.Operations):
         for changes not made through the kernel."""
 
     @fuse_op
+    @on(_args(0, 2))
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any = None) -> None:
         self._writable()
@@ -585,8 +642,20 @@ class Operations(pyfuse3.Operations):
             raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         old = names.decode_name(name_old)
         new = names.decode_name(name_new)
-        async with self._replacing((parent_inode_old, old), (parent_inode_new, new)):
+        async with self._replacing((parent_inode_old, old), (parent_inode_new, new)), \
+                self._moving_trees(parent_inode_old, old, parent_inode_new, new):
             await self._rename(parent_inode_old, old, parent_inode_new, new, flags)
+
+    def _moving_trees(self, parent_inode_old: int, old: str, parent_inode_new: int,
+                      new: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """A directory's rename holds the tree it moves and the one it replaces:
+        calls below wait for it (the kernel locks only the two parents)."""
+        src = self.ns.child(parent_inode_old, old)
+        if src is None or not src.is_dir():  # a file's inode the kernel locks itself
+            return contextlib.nullcontext()
+        dst = self.ns.child(parent_inode_new, new)
+        trees = [src.ino] + ([dst.ino] if dst is not None and dst.is_dir() else [])
+        return self.tree_gate.moving(trees, own=(parent_inode_old, parent_inode_new))
 
     async def _rename(self, parent_inode_old: int, old: str, parent_inode_new: int,
                       new: str, flags: int) -> None:
@@ -698,11 +767,13 @@ class Operations(pyfuse3.Operations):
         return False
 
     @fuse_op
+    @on(_args(0, 1))
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
                    ) -> pyfuse3.EntryAttributes:
         raise OSError(errno.EPERM, "hard links are not supported")
 
     @fuse_op
+    @on(_args(0))
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
         self._writable()
@@ -715,6 +786,7 @@ class Operations(pyfuse3.Operations):
     # -- files -------------------------------------------------------------------------
 
     @fuse_op
+    @on(_args(0))
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
         if not stat.S_ISREG(mode):
@@ -736,6 +808,7 @@ class Operations(pyfuse3.Operations):
         return self.entry(inode)
 
     @fuse_op
+    @on(_args(0))
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._writable()
@@ -762,6 +835,7 @@ class Operations(pyfuse3.Operations):
         self.ns._detach(parent_inode, name)
 
     @fuse_op
+    @on(_args(0))
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         while (busy := self._busy_inodes.get(inode)) is not None:
             await busy.wait()
@@ -841,6 +915,7 @@ class Operations(pyfuse3.Operations):
         return Handle(node, reader=reader)
 
     @fuse_op
+    @on(_handle_inode)
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self._handle(fh)
         staged = self.staged.get(h.inode.ino)
@@ -868,6 +943,7 @@ class Operations(pyfuse3.Operations):
             raise
 
     @fuse_op
+    @on(_handle_inode)
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handle(fh)
         if h.staged is None:
@@ -881,6 +957,7 @@ class Operations(pyfuse3.Operations):
         return written
 
     @fuse_op
+    @on(_handle_inode)
     async def flush(self, fh: int) -> None:
         h = self._handle(fh)
         if h.writing:
@@ -891,6 +968,7 @@ class Operations(pyfuse3.Operations):
             await self.ns.deferred.apply(h.inode.ino)
 
     @fuse_op
+    @on(_handle_inode)
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
         if h.staged is not None:
@@ -898,6 +976,7 @@ class Operations(pyfuse3.Operations):
         await self.ns.deferred.apply(h.inode.ino)
 
     @fuse_op
+    @on(_handle_inode)
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
         if h is None:
@@ -932,6 +1011,7 @@ class Operations(pyfuse3.Operations):
         return await self.ns.getattr(inode)  # never partial
 
     @fuse_op
+    @on(_args(0))
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         node = await self._fresh(inode)
         try:
@@ -940,11 +1020,13 @@ class Operations(pyfuse3.Operations):
             raise OSError(errno.ENODATA, "no such attribute") from None
 
     @fuse_op
+    @on(_args(0))
     async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
         node = await self._fresh(inode)
         return [n.encode("utf-8", "surrogateescape") for n in sorted(node.attr.xattrs)]
 
     @fuse_op
+    @on(_args(0))
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
         self._writable()
         text = name.decode("utf-8", "surrogateescape")
@@ -958,6 +1040,7 @@ class Operations(pyfuse3.Operations):
         await self._store_attr(node, new)
 
     @fuse_op
+    @on(_args(0))
     async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
         self._writable()
         text = name.decode("utf-8", "surrogateescape")

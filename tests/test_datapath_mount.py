@@ -490,6 +490,69 @@ def test_a_directory_rename_that_fails_leaves_it_where_it_was(mounter, client) -
     assert _keys(client, "dst") == _moved_keys(files, "dst")
 
 
+def _start_a_slow_move(m, server) -> tuple[threading.Thread, dict]:
+    """Rename the directory ``src`` to ``dst`` through mount ``m`` in the
+    background, each DELETE taking 1.5 s; returns once every copy is made and the
+    DELETEs have begun (see _rename_in_background)."""
+    server.reset_stats()
+    for op in ("DeleteObject", "DeleteMultipleObjects"):
+        server.set_faults(op, latency_ms=1500)
+    mover, box = _rename_in_background(m, "src", "dst")
+    _wait_for(server, "DeleteMultipleObjects", 1)
+    return mover, box
+
+
+def test_a_file_closed_while_its_directory_is_renamed_keeps_what_was_written(
+        mounter, fresh_server) -> None:
+    """A file open for writing inside a directory being renamed, closed between
+    its copy and the DELETE of its old key: the close waits for the rename, and
+    the file goes up under its new name (it went to the old key, which the
+    rename then deleted, the new name keeping the bytes before)."""
+    client = make_client(fresh_server, fresh_server.bucket)
+    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
+    (m.path / "src").mkdir()
+    with open(m.path / "src" / "open.txt", "wb") as f:
+        f.write(b"first")
+        f.flush()
+        os.fsync(f.fileno())
+        mover, box = _start_a_slow_move(m, fresh_server)
+        f.write(b", then more")
+    mover.join()
+    assert box == {}
+    assert _keys(client) == ["dst/", "dst/open.txt"]
+    assert client.get_object("dst/open.txt") == b"first, then more"
+    assert (m.path / "dst" / "open.txt").read_bytes() == b"first, then more"
+
+
+def test_calls_inside_a_directory_being_renamed_wait_for_it(mounter, fresh_server) -> None:
+    """A mkdir, a create and an unlink inside a directory whose rename is under
+    way happen after it, under the new name: none is left under the old prefix,
+    none is undone (the listing had missed the new ones, and the copy of the
+    unlinked file brought it back)."""
+    client = make_client(fresh_server, fresh_server.bucket)
+    m = mounter(server=fresh_server, bucket_name=fresh_server.bucket)
+    files = _tree(m, "src")
+    # Calls on what is inside, as a process working in the directory makes them:
+    # they name its inode, not the path the rename is changing.
+    fd = os.open(m.path / "src", os.O_RDONLY | os.O_DIRECTORY)
+    mover, box = _start_a_slow_move(m, fresh_server)
+    try:
+        os.mkdir("made", dir_fd=fd)
+        os.unlink("f00", dir_fd=fd)
+        new = os.open("new.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(new, b"new")
+        os.close(new)
+    finally:
+        os.close(fd)
+    mover.join()
+    assert box == {}
+    del files["f00"]
+    assert _keys(client) == sorted([*_moved_keys(files, "dst"), "dst/made/", "dst/new.txt"])
+    assert sorted(os.listdir(m.path / "dst")) == sorted(
+        ["made", "new.txt", "sub", *(n for n in files if "/" not in n)])
+    assert client.get_object("dst/new.txt") == b"new"
+
+
 def _renaming_a_slow_appendable_log(mounter, server):
     """Rename an appendable object ``log`` to ``log.1`` in the background through a
     mount, each append taking a second: the copy is two appends (of 64 MiB and 1
