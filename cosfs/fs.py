@@ -69,13 +69,24 @@ def _has_object(node: Inode | None) -> bool:
     return node is not None and bool(node.attr.etag)
 
 
-def fuse_op(fn: F) -> F:
-    """Run a handler, turning every failure into a FUSEError with the right errno."""
+InodesOf = Callable[["Operations", tuple[Any, ...]], tuple[int, ...]]
+
+
+def fuse_op(fn: F, inodes: InodesOf | None = None) -> F:
+    """Run a handler, turning every failure into a FUSEError with the right errno.
+    With ``inodes`` (see :func:`on`), the call passes the tree gate first."""
 
     @functools.wraps(fn)
     async def wrapper(self: Operations, *args: Any) -> Any:
         try:
-            return await fn(self, *args)
+            if inodes is None:
+                return await fn(self, *args)
+            inos = inodes(self, args)
+            await self.tree_gate.enter(inos)
+            try:
+                return await fn(self, *args)
+            finally:
+                self.tree_gate.leave(inos)
         except Exception as group:  # noqa: BLE001 - the mount must survive anything
             exc = _leaf(group)
             if isinstance(exc, pyfuse3.FUSEError):
@@ -94,31 +105,18 @@ def fuse_op(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-InodesOf = Callable[["Operations", tuple[Any, ...]], tuple[int, ...]]
-
-
 def on(inodes: InodesOf) -> Callable[[F], F]:
-    """A call acting on the inodes ``inodes(self, args)`` names: it waits while a
-    directory above one of them is being renamed, and such a rename waits for it
-    (:mod:`cosfs.tree_gate`)."""
-
-    def decorate(fn: F) -> F:
-        @functools.wraps(fn)
-        async def wrapper(self: Operations, *args: Any) -> Any:
-            inos = inodes(self, args)
-            await self.tree_gate.enter(inos)
-            try:
-                return await fn(self, *args)
-            finally:
-                self.tree_gate.leave(inos)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    """A FUSE call (:func:`fuse_op`) acting on the inodes ``inodes(self, args)``
+    names: it waits while a directory above one of them is being renamed, and
+    such a rename waits for it (:mod:`cosfs.tree_gate`)."""
+    return lambda fn: fuse_op(fn, inodes)
 
 
 def _args(*positions: int) -> InodesOf:
     """The inode numbers at these positions of the call's arguments."""
+    if len(positions) == 1:  # most calls: kept cheap, as every call comes here
+        (at,) = positions
+        return lambda ops, args: (args[at],)
     return lambda ops, args: tuple(args[p] for p in positions)
 
 
@@ -319,7 +317,6 @@ class Operations(pyfuse3.Operations):
 
     # -- lookups and attributes ----------------------------------------------------
 
-    @fuse_op
     @on(_args(0))
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None
                      ) -> pyfuse3.EntryAttributes:
@@ -339,7 +336,6 @@ class Operations(pyfuse3.Operations):
         for ino, count in inode_list:
             self.ns.forget(ino, count)
 
-    @fuse_op
     @on(_args(0))
     async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
         node = await self.ns.getattr(inode)
@@ -350,7 +346,6 @@ class Operations(pyfuse3.Operations):
             raise OSError(errno.ESTALE, "the name is now of another type")
         return self.entry(node)
 
-    @fuse_op
     @on(_args(0))
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None, ctx: Any
@@ -431,7 +426,6 @@ class Operations(pyfuse3.Operations):
         finally:
             await self._unstage(node)
 
-    @fuse_op
     @on(_args(0))
     async def readlink(self, inode: int, ctx: Any = None) -> bytes:
         target = await self.ns.readlink(inode)
@@ -439,7 +433,6 @@ class Operations(pyfuse3.Operations):
 
     # -- directories -----------------------------------------------------------------
 
-    @fuse_op
     @on(_args(0))
     async def opendir(self, inode: int, ctx: Any = None) -> int:
         node = self.ns.get(inode)
@@ -450,7 +443,6 @@ class Operations(pyfuse3.Operations):
         self.dir_handles[fh] = [inode, None]
         return fh
 
-    @fuse_op
     @on(_dir_handle_inode)
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         try:
@@ -475,7 +467,6 @@ class Operations(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         self.dir_handles.pop(fh, None)
 
-    @fuse_op
     @on(_dir_handle_inode)
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         # Directory changes are on the server when their call returns, except the
@@ -485,7 +476,6 @@ class Operations(pyfuse3.Operations):
         if node is not None:
             await self.ns.aclient.wait_deletes(names.dir_prefix(self.ns.key_of(node)))
 
-    @fuse_op
     @on(_args(0))
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
@@ -495,7 +485,6 @@ class Operations(pyfuse3.Operations):
         inode.lookups += 1
         return self.entry(inode)
 
-    @fuse_op
     @on(_args(0))
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         self._writable()
@@ -503,7 +492,6 @@ class Operations(pyfuse3.Operations):
         await self.ns.rmdir(parent_inode, text)
         self._kernel_forget_name(parent_inode, text)
 
-    @fuse_op
     @on(_args(0))
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any = None) -> None:
         self._writable()
@@ -633,7 +621,6 @@ class Operations(pyfuse3.Operations):
         unlink/rmdir/rename it sent us. Kept as the one place to add invalidation
         for changes not made through the kernel."""
 
-    @fuse_op
     @on(_args(0, 2))
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: Any = None) -> None:
@@ -766,13 +753,11 @@ class Operations(pyfuse3.Operations):
             node = self.ns.inodes.get(node.parent)
         return False
 
-    @fuse_op
     @on(_args(0, 1))
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any
                    ) -> pyfuse3.EntryAttributes:
         raise OSError(errno.EPERM, "hard links are not supported")
 
-    @fuse_op
     @on(_args(0))
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any
                       ) -> pyfuse3.EntryAttributes:
@@ -785,7 +770,6 @@ class Operations(pyfuse3.Operations):
 
     # -- files -------------------------------------------------------------------------
 
-    @fuse_op
     @on(_args(0))
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
                     ) -> pyfuse3.EntryAttributes:
@@ -807,7 +791,6 @@ class Operations(pyfuse3.Operations):
         inode.lookups += 1
         return self.entry(inode)
 
-    @fuse_op
     @on(_args(0))
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -834,7 +817,6 @@ class Operations(pyfuse3.Operations):
         inode.local = False
         self.ns._detach(parent_inode, name)
 
-    @fuse_op
     @on(_args(0))
     async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
         while (busy := self._busy_inodes.get(inode)) is not None:
@@ -914,7 +896,6 @@ class Operations(pyfuse3.Operations):
         reader = self.data.open_reader(self.ns.key_of(node), node.attr.size, node.attr.etag)
         return Handle(node, reader=reader)
 
-    @fuse_op
     @on(_handle_inode)
     async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
         h = self._handle(fh)
@@ -942,7 +923,6 @@ class Operations(pyfuse3.Operations):
                 return await h.reader.read_view(off, size)
             raise
 
-    @fuse_op
     @on(_handle_inode)
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self._handle(fh)
@@ -956,7 +936,6 @@ class Operations(pyfuse3.Operations):
         node.attr.mtime_set = False
         return written
 
-    @fuse_op
     @on(_handle_inode)
     async def flush(self, fh: int) -> None:
         h = self._handle(fh)
@@ -967,7 +946,6 @@ class Operations(pyfuse3.Operations):
             # file only to fchmod it, right before the rename that carries it.
             await self.ns.deferred.apply(h.inode.ino)
 
-    @fuse_op
     @on(_handle_inode)
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._handle(fh)
@@ -975,7 +953,6 @@ class Operations(pyfuse3.Operations):
             await self._flush_inode(h.inode, sync=True)
         await self.ns.deferred.apply(h.inode.ino)
 
-    @fuse_op
     @on(_handle_inode)
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -1010,7 +987,6 @@ class Operations(pyfuse3.Operations):
     async def _fresh(self, inode: int) -> Inode:
         return await self.ns.getattr(inode)  # never partial
 
-    @fuse_op
     @on(_args(0))
     async def getxattr(self, inode: int, name: bytes, ctx: Any = None) -> bytes:
         node = await self._fresh(inode)
@@ -1019,13 +995,11 @@ class Operations(pyfuse3.Operations):
         except KeyError:
             raise OSError(errno.ENODATA, "no such attribute") from None
 
-    @fuse_op
     @on(_args(0))
     async def listxattr(self, inode: int, ctx: Any = None) -> list[bytes]:
         node = await self._fresh(inode)
         return [n.encode("utf-8", "surrogateescape") for n in sorted(node.attr.xattrs)]
 
-    @fuse_op
     @on(_args(0))
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any = None) -> None:
         self._writable()
@@ -1039,7 +1013,6 @@ class Operations(pyfuse3.Operations):
             raise OSError(errno.E2BIG, "attribute value larger than COS's metadata limit")
         await self._store_attr(node, new)
 
-    @fuse_op
     @on(_args(0))
     async def removexattr(self, inode: int, name: bytes, ctx: Any = None) -> None:
         self._writable()

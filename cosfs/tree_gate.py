@@ -44,26 +44,29 @@ class TreeGate:
     def __init__(self, parent_of: Callable[[int], int | None]) -> None:
         self._parent_of = parent_of
         self._moving: dict[int, trio.Event] = {}
-        self._active: Counter[int] = Counter()
-        self._ended = trio.lowlevel.ParkingLot()  # a rename waiting for calls to end
+        self._active: dict[int, int] = {}  # inode -> calls under way on it
+        self._ended = trio.lowlevel.ParkingLot()  # renames waiting for calls to end
+        self._draining = 0  # how many wait there (asking the lot costs more)
 
     async def enter(self, inodes: tuple[int, ...]) -> None:
         """A call on ``inodes`` begins: wait for a rename of a tree holding one of
         them, then count the call. Pair with :meth:`leave`."""
         while self._moving and (rename := self._moving_around(inodes)) is not None:
             await rename.wait()  # the inodes may be elsewhere afterwards: look again
+        active = self._active  # every FUSE call comes here: kept cheap
         for ino in inodes:
-            self._active[ino] += 1
+            active[ino] = active.get(ino, 0) + 1
 
     def leave(self, inodes: tuple[int, ...]) -> None:
         """The call :meth:`enter` counted has ended."""
+        active = self._active
         for ino in inodes:
-            left = self._active[ino] - 1
+            left = active[ino] - 1
             if left:
-                self._active[ino] = left
+                active[ino] = left
             else:
-                del self._active[ino]
-        if self._ended.statistics().tasks_waiting:
+                del active[ino]
+        if self._draining:
             self._ended.unpark_all()
 
     @contextlib.asynccontextmanager
@@ -84,7 +87,11 @@ class TreeGate:
             self._moving[top] = done
         try:
             while self._calls_below(set(tops), Counter(own)):
-                await self._ended.park()
+                self._draining += 1
+                try:
+                    await self._ended.park()
+                finally:
+                    self._draining -= 1
             yield
         finally:
             for top in tops:
