@@ -555,9 +555,10 @@ def test_calls_inside_a_directory_being_renamed_wait_for_it(mounter, fresh_serve
 
 def _renaming_a_slow_appendable_log(mounter, server):
     """Rename an appendable object ``log`` to ``log.1`` in the background through a
-    mount, each append taking a second: the copy is two appends (of 64 MiB and 1
-    KiB, downloaded first). Returns the mount, a client, the data, the thread and
-    the box that receives its error."""
+    mount, each append answered a second after it is served: the copy is two
+    appends (of 64 MiB and 1 KiB, downloaded first), and the next step waits for
+    that answer. Returns the mount, a client, the data, the thread and the box
+    that receives its error."""
     client = make_client(server, server.bucket)
     data = random.randbytes(64 * MiB + KiB)
     client.append_object("log", 0, data[:32 * MiB])
@@ -565,7 +566,7 @@ def _renaming_a_slow_appendable_log(mounter, server):
     m = mounter(server=server, bucket_name=server.bucket)
     assert (m.path / "log").stat().st_size == len(data)
     server.reset_stats()
-    server.set_faults("AppendObject", latency_ms=1000)
+    server.set_faults("AppendObject", answer_latency_ms=1000)
     mover, box = _rename_in_background(m, "log", "log.1")
     return m, client, data, mover, box
 
@@ -582,7 +583,13 @@ def test_killed_mount_finishes_renaming_an_appendable_file(mounter, fresh_server
     killed midway, the next mount appends it whole there (not leaving half of it)
     and deletes the old name."""
     m, client, data, mover, _ = _renaming_a_slow_appendable_log(mounter, fresh_server)
-    _wait_for(fresh_server, "AppendObject", 2)  # the first landed, the second waits
+    # Killed once the first append has landed, while its answer is on the way: no
+    # request of the dead mount can land later (and meet the recovery's appends).
+    _wait_for(fresh_server, "AppendObject", 1)
+    deadline = time.monotonic() + 30
+    while "log.1" not in _keys(client):
+        assert time.monotonic() < deadline, "the first append never landed"
+        time.sleep(0.02)
     m.crash()
     mover.join()
     assert client.head_object("log.1").size == 64 * MiB  # half a copy
