@@ -8,7 +8,9 @@ Concurrency
     pyfuse3 runs handlers as trio tasks; any number may be in flight. Per inode, the
     writer's StagedFile serialises data changes; ``self.staged`` maps an inode to its
     StagedFile and how many handles share it, so every handle of an inode sees the same
-    bytes whether it was opened for reading or writing.
+    bytes whether it was opened for reading or writing. A directory's rename holds
+    the trees it moves (``self.tree_gate``, :mod:`cosfs.tree_gate`): every call on an
+    inode below waits for it, and it for those already under way.
 """
 
 from __future__ import annotations
