@@ -8,13 +8,20 @@ a self-copy storing one) must send again everything else the object has, or the
 copy drops it: other tools' ``x-cos-meta-*``, Content-Type, Cache-Control and the
 like, the storage class (:func:`kept_by_copy`).
 
+A copy in more than one request that fails or is cancelled undoes itself: the
+multipart upload is aborted, the half-appended object deleted, so the new key
+holds part of the object only if that undo fails too (it is logged) or after a
+crash (which :mod:`cosfs.moves` finishes at the next mount).
+
 Used by :mod:`cosfs.namespace` (rename, chmod/chown/utime); talks to COS only
 through :class:`cosfs.aio.AsyncClient`. No state: each call stands alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import trio
@@ -115,7 +122,10 @@ async def _copy_by_parts(aclient: AsyncClient, src_key: str, dst_key: str,
         dst_key, content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
         metadata=meta.metadata_for(attr), storage_class=attr.storage_class,
         content_headers=attr.content_headers)
-    try:
+    async def abort() -> None:
+        await aclient.abort_multipart_upload(dst_key, upload)
+
+    async with _undone_if_cut_short(abort, f"the multipart copy to {dst_key!r}"):
         parts: list[PartInfo] = []
         async with open_nursery_unwrapped() as nursery:  # callers see the CosError
             for n, start in enumerate(range(0, attr.size, COPY_PART), 1):
@@ -129,29 +139,45 @@ async def _copy_by_parts(aclient: AsyncClient, src_key: str, dst_key: str,
                 nursery.start_soon(one)
         parts.sort(key=lambda p: p.part_number)
         return await aclient.complete_multipart_upload(dst_key, upload, parts)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            try:
-                await aclient.abort_multipart_upload(dst_key, upload)
-            except CosError:
-                log.warning("could not abort multipart copy of %r", dst_key)
-        raise
 
 
 async def _copy_appendable(aclient: AsyncClient, src_key: str, dst_key: str,
                            attr: Attr) -> str:
     """An appendable object, which COS cannot copy: appended again from a download,
-    so the copy stays appendable."""
+    so the copy stays appendable. One cut short deletes what it appended, which
+    would read as the file cut short, and the source is still whole."""
     position = 0
     await aclient.delete_object(dst_key)
-    while position < attr.size or position == 0:
-        end = min(position + _APPEND_CHUNK, attr.size) - 1
-        data = await aclient.get_object(src_key, position, end) if attr.size else b""
-        await aclient.append_object(
-            dst_key, position, data,
-            content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
-            metadata=meta.metadata_for(attr) if position == 0 else None)
-        position += len(data)
-        if not data:
-            break
-    return (await aclient.head_object(dst_key)).etag
+
+    async def drop_half() -> None:
+        await aclient.delete_object(dst_key)
+
+    async with _undone_if_cut_short(drop_half, f"the partial copy {dst_key!r}"):
+        while position < attr.size or position == 0:
+            end = min(position + _APPEND_CHUNK, attr.size) - 1
+            data = await aclient.get_object(src_key, position, end) if attr.size else b""
+            await aclient.append_object(
+                dst_key, position, data,
+                content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
+                metadata=meta.metadata_for(attr) if position == 0 else None)
+            position += len(data)
+            if not data:
+                break
+        return (await aclient.head_object(dst_key)).etag
+
+
+@contextlib.asynccontextmanager
+async def _undone_if_cut_short(undo: Callable[[], Awaitable[None]],
+                               what: str) -> AsyncIterator[None]:
+    """Run ``undo`` (shielded, so a cancelled copy still cleans up) when the body
+    fails or is cancelled, then let the failure go on as itself. An undo that
+    fails is logged: the caller's failure is the one that matters."""
+    try:
+        yield
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            try:
+                await undo()
+            except CosError:
+                log.warning("could not remove %s", what)
+        raise

@@ -175,11 +175,12 @@ class Moves:
 
     async def _drop_half_copy(self, old_key: str, new_key: str, attr: meta.Attr,
                               before: str | None) -> None:
-        """A file's copy that is not atomic failed: delete what it appended under
-        the new name (a copy by parts aborts itself), unless the name still holds
-        what it held before (``before``, an ETag), and forget the move. If that
-        fails too, the row stays, and the next mount finishes the move rather
-        than leave half a file."""
+        """A file's copy that is not atomic failed. It undoes itself
+        (:mod:`cosfs.copies`); in case an appendable one could not, delete what
+        is under the new name unless it still holds what it held before
+        (``before``, an ETag), and forget the move. If that fails too, the row
+        stays, and the next mount finishes the move rather than leave half a
+        file."""
         if attr.appendable:
             try:
                 now = await self._etag_of(new_key)

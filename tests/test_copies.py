@@ -8,6 +8,8 @@ from __future__ import annotations
 import functools
 import os
 import stat
+import time
+from dataclasses import replace
 
 import pytest
 import trio
@@ -104,4 +106,58 @@ def test_a_big_file_rename_cut_short_is_finished_by_the_next_mount(aclient, clie
     assert [o.key for o in client.list_objects().contents] == ["big.1"]
     assert client.get_object("big.1") == data
     assert journal.moves() == [] and journal.old_keys() == []
+    journal.close()
+
+
+def test_an_appendable_copy_cut_short_deletes_what_it_appended(aclient, client,
+                                                               monkeypatch):
+    """The source is shorter than its attributes say (another client replaced it
+    after it was looked at): the copy fails once it has appended what there was,
+    and takes that half back off the new name."""
+    monkeypatch.setattr(copies, "_APPEND_CHUNK", 16)
+    client.append_object("log", 0, b"first line\nsecond line\n")  # 23 bytes
+    attr = meta.attr_from_object(client.head_object("log"), meta.Defaults())
+    with pytest.raises(CosError):
+        trio.run(copies.copy_object, aclient, "log", "log2", replace(attr, size=40))
+    assert [o.key for o in client.list_objects().contents] == ["log"]
+
+
+def test_a_recovery_whose_appendable_copy_is_cut_in_leaves_no_mixed_file(
+        aclient, client, cos_server, tmp_path, monkeypatch):
+    """The recovery of an appendable file's rename copies it again; an append of
+    the dead mount still in flight lands in the middle, so the next append of
+    the copy is refused (position mismatch). The file stays whole under its old
+    name, and nothing is left under the new one: not half of it mixed with the
+    late bytes."""
+    monkeypatch.setattr(copies, "_APPEND_CHUNK", 16)
+    data = os.urandom(40)
+    client.append_object("log", 0, data)
+    client.put_object("log.1", b"what the dead mount had appended")
+    journal = Journal(tmp_path / "journal.sqlite")
+    journal.put_move("log", "log.1", tree=False)
+    old_keys = OldKeys(aclient)
+    old_keys.journal = journal
+    moves = Moves(aclient, old_keys, meta.Defaults(), 4)
+    cos_server.set_faults("GetObject", latency_ms=300)
+
+    def late_append() -> None:
+        while True:  # until the recovery has appended its first chunk
+            try:
+                if client.head_object("log.1").size == 16:
+                    break
+            except CosError:
+                pass
+            time.sleep(0.01)
+        client.append_object("log.1", 16, b"late")
+
+    async def recover() -> None:
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.to_thread.run_sync, late_append)
+                await moves.recover()
+
+    trio.run(recover)
+    assert [o.key for o in client.list_objects().contents] == ["log"]
+    assert client.get_object("log") == data
+    assert journal.moves() == []
     journal.close()
