@@ -52,6 +52,10 @@ _EXPECTED = {errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENODATA}
 # log level (warn), but an application retrying in a loop must not flood the log.
 _DISK_TROUBLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 _DISK_WARN_EVERY = 30.0  # seconds between two warnings of the same errno
+# readdir lists "." and ".." first, as every filesystem does (`ls -a` shows them,
+# and some tools count on them); the listed names follow at offsets from _DOTS.
+_DOTS_NAMES = (b".", b"..")
+_DOTS = len(_DOTS_NAMES)
 _disk_warned: dict[int, float] = {}
 
 
@@ -456,8 +460,14 @@ class Operations(pyfuse3.Operations):
             state[1] = await self.ns.list_dir(state[0])
         entries = state[1]
         parent = self.ns.get(state[0])
-        for i in range(start_id, len(entries)):
-            name, inode = entries[i]
+        for i in range(start_id, _DOTS + len(entries)):
+            if i < _DOTS:
+                # The kernel takes no reference on these: not counted as lookups.
+                node = parent if i == 0 else self.ns.inodes.get(parent.parent, parent)
+                if not pyfuse3.readdir_reply(token, _DOTS_NAMES[i], self.entry(node), i + 1):
+                    return
+                continue
+            name, inode = entries[i - _DOTS]
             # Listed earlier, perhaps forgotten by the kernel since: bind it again.
             inode = self.ns.rebind(parent, name, inode)
             if not pyfuse3.readdir_reply(token, name.encode("utf-8", "surrogateescape"),

@@ -72,6 +72,27 @@ def test_mkdir_marker_rmdir_and_survives_remount(mnt, sdk, bucket):
         sdk_head(sdk, bucket, "d/")
 
 
+def test_readdir_lists_dot_and_dotdot_first(mnt):
+    """As every filesystem does (`ls -a`, and tools that count on them), with the
+    inode numbers of the directory and of its parent."""
+    d = mnt.path / "d"
+    (d / "sub").mkdir(parents=True)
+    (d / "f").write_text("x")
+    (mnt.path / "empty").mkdir()
+
+    def listed(path) -> list[tuple[int, str]]:
+        out = run("ls", "-a1iU", str(path)).stdout.split("\n")
+        return [(int(ino), name) for ino, name in (line.split() for line in out if line)]
+
+    root, here = mnt.path.stat().st_ino, d.stat().st_ino
+    assert listed(d) == [(here, "."), (root, ".."), ((d / "f").stat().st_ino, "f"),
+                         ((d / "sub").stat().st_ino, "sub")]
+    top = listed(mnt.path)  # (ls shows the ".." of a mount point as what is under it)
+    assert top[0] == (root, ".") and top[1][1] == ".."
+    assert [name for _, name in listed(mnt.path / "empty")] == [".", ".."]
+    assert sorted(os.listdir(d)) == ["f", "sub"]
+
+
 @pytest.mark.parametrize("name", ["with space", "per%cent", "pl+us", "ha#sh", "qu?estion",
                                   "am&p", "ünïcødé-文件", "semi;colon=eq"])
 def test_odd_names_round_trip(mnt, sdk, bucket, name):
