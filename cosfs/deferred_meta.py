@@ -5,7 +5,9 @@ copy of the object onto itself.
 Why: rsync sets a file's times, then its mode, then renames it; stored at once,
 each is a copy of the object. Deferred up to ``meta_delay`` seconds, the changes
 share one copy, and a rename that comes first carries them in its own copy (the
-namespace takes them with :meth:`DeferredMetadata.take`).
+namespace takes them with :meth:`DeferredMetadata.take`); so does an upload of
+the file's data, whose metadata is the inode's, which holds them (the flush
+drops them: stored afterwards, they would undo what came after them).
 
 Invariants
     - ``pending`` maps an inode to the last metadata set on it (a snapshot) and the
@@ -187,8 +189,9 @@ class DeferredMetadata:
 
     def rebase(self, ino: int, etag: str, carried: dict[str, str] | None) -> None:
         """An upload replaced ``ino``'s object: deferred metadata it carried is done;
-        metadata it did not (the upload began before the change, in write-back
-        mode) is now for the new object."""
+        metadata it did not (a change deferred once the upload had taken its
+        metadata; one deferred before, the flush drops, as the upload carries it)
+        is now for the new object."""
         p = self.pending.get(ino)
         if p is None:
             return
@@ -203,10 +206,13 @@ class DeferredMetadata:
             except OSError as exc:  # the change is stored within a second anyway
                 log.warning("the cache journal cannot record metadata of %r: %s", p.key, exc)
 
-    def drop(self, ino: int) -> None:
-        """Give up ``ino``'s deferred change (its object goes or is replaced)."""
-        p = self.pending.pop(ino, None)
-        if p is not None:
+    def drop(self, ino: int, only: PendingMeta | None = None) -> None:
+        """Give up ``ino``'s deferred change (its object goes or is replaced, or
+        an upload carries it); with ``only``, only if that is still the change
+        pending (not a newer one)."""
+        p = self.pending.get(ino)
+        if p is not None and (only is None or p is only):
+            del self.pending[ino]
             self.forget(p.key)
 
     def forget(self, key: str) -> None:

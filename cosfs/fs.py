@@ -300,8 +300,23 @@ class Operations(pyfuse3.Operations):
         f = staged[0]
         if not f.dirty and not sync:
             return
+        deferred = self.ns.deferred
+        superseded = None
+        if f.dirty:
+            # A chmod or utime deferred while the file was clean is in inode.attr,
+            # where this upload's metadata comes from: the upload carries it, and
+            # what came after it (a later chmod, the new mtime of a write), which
+            # the deferred copy, stored afterwards, would undo.
+            await deferred.settle(inode.ino)
+            superseded = deferred.pending.get(inode.ino)
         metadata, ctype = self._upload_args(inode)
-        info = await (f.fsync(metadata, ctype) if sync else f.flush(metadata, ctype))
+        try:
+            info = await (f.fsync(metadata, ctype) if sync else f.flush(metadata, ctype))
+        finally:
+            if superseded is not None:
+                # The staged file holds the metadata now (journaled with it): an
+                # upload that failed is tried again with it.
+                deferred.drop(inode.ino, only=superseded)
         self.ns.uploaded(inode, info, metadata)
         if f.dirty:  # write-back mode: still uploading in the background
             inode.local = True

@@ -427,6 +427,40 @@ def test_deferred_metadata_survives_a_crash_of_the_mount(mounter, client):
     assert stat.S_IMODE(os.stat(m.path / "f").st_mode) == 0o611
 
 
+@pytest.mark.parametrize("options", [[], ["writeback", "writeback_delay=0.2"]],
+                         ids=["default", "writeback"])
+def test_an_upload_after_a_deferred_change_keeps_what_came_after_it(mounter, client,
+                                                                    cos_server, options):
+    """A chmod or utime of a clean file waits for its copy; data written before
+    that copy goes up carrying it. The copy must not come afterwards: it would
+    undo a later chmod, and give back the utime's mtime to a file written since."""
+    m = mounter(options)
+    a, b = m.path / "a", m.path / "b"
+    a.write_bytes(b"")
+    b.write_bytes(b"one")
+    fd = os.open(a, os.O_RDWR)
+    try:
+        os.chmod(a, 0o600)  # deferred: nothing to upload yet
+        os.pwrite(fd, b"x", 0)
+        os.chmod(a, 0o640)  # goes with the data
+    finally:
+        os.close(fd)
+    os.utime(b, ns=(981_173_106_000_000_000,) * 2)
+    with open(b, "ab") as f:
+        f.write(b"two")
+    written = time.time()
+    cos_server.reset_stats()
+    time.sleep(1.5)  # past the delay of the deferred copies (and of write-back)
+    assert wait_for(lambda: client.get_object("b") == b"onetwo")
+    assert ops(cos_server).get("PutObjectCopy", 0) == 0
+    assert int(head_meta(client, "a")["mode"]) == stat.S_IFREG | 0o640
+    assert "mtime" not in head_meta(client, "b")  # Last-Modified: when it was written
+    m.remount()
+    assert stat.S_IMODE(os.stat(a).st_mode) == 0o640
+    assert os.stat(b).st_mtime >= written - 2
+    assert a.read_bytes() == b"x" and b.read_bytes() == b"onetwo"
+
+
 def test_an_object_replaced_on_the_server_keeps_its_data_and_metadata(mounter, client):
     m = mounter()
     (m.path / "f").write_bytes(b"mine")
