@@ -141,14 +141,15 @@ def test_a_recovery_whose_appendable_copy_is_cut_in_leaves_no_mixed_file(
     cos_server.set_faults("GetObject", latency_ms=300)
 
     def late_append() -> None:
-        while True:  # until the recovery has appended its first chunk
+        deadline = time.monotonic() + 20  # a thread cannot be cancelled: bounded
+        while time.monotonic() < deadline:  # until the recovery appended its first chunk
             try:
                 if client.head_object("log.1").size == 16:
-                    break
+                    client.append_object("log.1", 16, b"late")
+                    return
             except CosError:
                 pass
             time.sleep(0.01)
-        client.append_object("log.1", 16, b"late")
 
     async def recover() -> None:
         with trio.fail_after(30):
