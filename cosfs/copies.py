@@ -20,6 +20,7 @@ through :class:`cosfs.aio.AsyncClient`. No state: each call stands alone.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -122,9 +123,7 @@ async def _copy_by_parts(aclient: AsyncClient, src_key: str, dst_key: str,
         dst_key, content_type=attr.content_type or meta.DEFAULT_CONTENT_TYPE,
         metadata=meta.metadata_for(attr), storage_class=attr.storage_class,
         content_headers=attr.content_headers)
-    async def abort() -> None:
-        await aclient.abort_multipart_upload(dst_key, upload)
-
+    abort = functools.partial(aclient.abort_multipart_upload, dst_key, upload)
     async with _undone_if_cut_short(abort, f"the multipart copy to {dst_key!r}"):
         parts: list[PartInfo] = []
         async with open_nursery_unwrapped() as nursery:  # callers see the CosError
@@ -147,12 +146,9 @@ async def _copy_appendable(aclient: AsyncClient, src_key: str, dst_key: str,
     so the copy stays appendable. One cut short deletes what it appended, which
     would read as the file cut short, and the source is still whole."""
     position = 0
-    await aclient.delete_object(dst_key)
-
-    async def drop_half() -> None:
-        await aclient.delete_object(dst_key)
-
-    async with _undone_if_cut_short(drop_half, f"the partial copy {dst_key!r}"):
+    drop = functools.partial(aclient.delete_object, dst_key)
+    await drop()  # COS appends only to a new object
+    async with _undone_if_cut_short(drop, f"the partial copy {dst_key!r}"):
         while position < attr.size or position == 0:
             end = min(position + _APPEND_CHUNK, attr.size) - 1
             data = await aclient.get_object(src_key, position, end) if attr.size else b""
@@ -167,7 +163,7 @@ async def _copy_appendable(aclient: AsyncClient, src_key: str, dst_key: str,
 
 
 @contextlib.asynccontextmanager
-async def _undone_if_cut_short(undo: Callable[[], Awaitable[None]],
+async def _undone_if_cut_short(undo: Callable[[], Awaitable[object]],
                                what: str) -> AsyncIterator[None]:
     """Run ``undo`` (shielded, so a cancelled copy still cleans up) when the body
     fails or is cancelled, then let the failure go on as itself. An undo that

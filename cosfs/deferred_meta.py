@@ -86,6 +86,11 @@ class DeferredMetadata:
     def __contains__(self, ino: int) -> bool:
         return ino in self.pending
 
+    def of(self, ino: int) -> PendingMeta | None:
+        """``ino``'s change still pending, if any (to :meth:`drop` it later with
+        ``only``, should it still be that one)."""
+        return self.pending.get(ino)
+
     def defer(self, ino: int, key: str, attr: Attr, content_type: str,
               known_type: bool) -> None:
         """Record that ``key`` (of inode ``ino``) must get ``attr``'s metadata, with

@@ -308,7 +308,7 @@ class Operations(pyfuse3.Operations):
             # what came after it (a later chmod, the new mtime of a write), which
             # the deferred copy, stored afterwards, would undo.
             await deferred.settle(inode.ino)
-            superseded = deferred.pending.get(inode.ino)
+            superseded = deferred.of(inode.ino)
         metadata, ctype = self._upload_args(inode)
         try:
             info = await (f.fsync(metadata, ctype) if sync else f.flush(metadata, ctype))
