@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class TaskSet:
@@ -52,6 +54,44 @@ class TaskSet:
     async def wait_idle(self) -> None:
         while self.running:
             await self._idle.wait()
+
+
+class Started(Generic[T]):
+    """A call started now, in the background, whose outcome is awaited later or
+    never (a request sent alongside another, in case its answer is needed).
+
+    Its exception is kept for :meth:`outcome` and never logged: a caller that did
+    not need the answer does not care why it failed. Used from the trio thread.
+    """
+
+    def __init__(self, tasks: TaskSet, fn: Callable[..., Awaitable[T]], *args: Any) -> None:
+        self._done = trio.Event()
+        self._value: T | None = None
+        self._error: Exception | None = None
+        tasks.spawn(self._run, fn, *args)
+
+    async def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> None:
+        try:
+            self._value = await fn(*args)
+        except Exception as exc:
+            self._error = exc
+        finally:
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    async def wait(self) -> None:
+        """Until the call has returned or raised."""
+        await self._done.wait()
+
+    async def outcome(self) -> T:
+        """What the call returned, once it has; raises what it raised."""
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
 
 
 @contextlib.asynccontextmanager

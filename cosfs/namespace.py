@@ -61,7 +61,7 @@ import trio
 
 from cosfs import copies, meta, names
 from cosfs.aio import AsyncClient
-from cosfs.background import TaskSet
+from cosfs.background import Started, TaskSet
 from cosfs.cos import CosError, ListPage, ObjectInfo
 from cosfs.deferred_meta import DeferredMetadata, PendingMeta
 from cosfs.meta import Attr, Defaults
@@ -173,6 +173,9 @@ class MetaTuning:
     walk_window_max: int = 32  # doubled by each later one, up to this
     meta_delay: float = 1.0  # seconds a closed file's chmod/chown/utime may wait for
     #                          company (0: stored at once)
+    list_after: float = 0.01  # a new name's HEAD unanswered this long: the LIST that
+    #                           tells a directory goes too, not after its 404 (a
+    #                           local server answers well within it: no extra LIST)
 
 
 @dataclass
@@ -265,6 +268,7 @@ class Namespace:
         self._plans: cachetools.LRUCache = cachetools.LRUCache(1024)
         self._fill_limit = trio.CapacityLimiter(self.tuning.fill_parallel)
         self._fill_tasks = TaskSet("attrs")
+        self._probe_tasks = TaskSet("lookups")  # a new name's HEAD and LIST
         # Readdir-ahead of a walk (see ``_walk_ahead``): per listed directory its
         # subdirectories, and the directories being readied in the background.
         self._walks: cachetools.LRUCache = cachetools.LRUCache(1024)
@@ -564,25 +568,40 @@ class Namespace:
         """Ask COS what ``key`` is. Returns (attributes, has_marker) or None when
         nothing is there.
 
-        One HEAD answers for a file (the common case), so the LIST of ``key/`` that
-        tells a directory follows only its 404. ``was_dir`` (the name was a
-        directory last time) asks in the other order, so a directory that shadows an
-        object of the same name stays a directory; only a name never seen before
-        may show the shadowed object (see docs/SEMANTICS.md).
+        A name never seen before is HEADed; when no answer came within
+        ``list_after`` (a slow link: real COS, not a local server), the LIST of
+        ``key/`` that tells a directory goes too, rather than after the 404, so a
+        directory or a missing name costs about one round trip, not two (as in
+        mountpoint-s3, which always sends both; a quick HEAD spares the LIST). An
+        object wins over a directory of the same name, and answers at its HEAD:
+        a LIST still under way is left to land. ``was_dir`` (the name was a
+        directory last time) asks the LIST first and the HEAD only if it shows
+        nothing, so a directory that shadows an object stays a directory; only a
+        name never seen before may show the shadowed object (see
+        docs/SEMANTICS.md).
         """
         names.check_key(key)
         if was_dir:
             found = await self._resolve_dir(key)
-            if found is not None:
-                return found
+            return found if found is not None else await self._resolve_file(key)
+        as_file = Started(self._probe_tasks, self._resolve_file, key)
+        with trio.move_on_after(self.tuning.list_after):
+            await as_file.wait()
+        as_dir = None if as_file.done else Started(self._probe_tasks, self._resolve_dir, key)
+        found = await as_file.outcome()
+        if found is not None:
+            return found
+        return await (as_dir.outcome() if as_dir is not None else self._resolve_dir(key))
+
+    async def _resolve_file(self, key: str) -> tuple[Attr, bool] | None:
+        """(attributes, False) of the object ``key``, None if there is none."""
         try:
             info = await self.aclient.head_object(key)
         except CosError as exc:
             if exc.status != 404:
                 raise
-        else:
-            return self._file_attr(info), False
-        return None if was_dir else await self._resolve_dir(key)
+            return None
+        return self._file_attr(info), False
 
     async def _resolve_dir(self, key: str) -> tuple[Attr, bool] | None:
         """(attributes, has_marker) of the directory ``key``, None if none is there."""

@@ -673,7 +673,9 @@ def test_lookups_by_name_in_a_directory_never_read_send_their_heads_ahead(
     assert stat.S_ISLNK(os.lstat(r / "link").st_mode)
     time.sleep(0.5)
     rest = ops(cos_server)
-    assert first.get("ListObjects", 0) == 1
+    # The directory's listing; and the LIST of "f00/", if the HEAD of f00 took
+    # longer than a lookup waits before asking whether a directory has the name.
+    assert first.get("ListObjects", 0) in (1, 2)
     assert first.get("HeadObject", 0) + rest.get("HeadObject", 0) == 41  # each once
     assert rest.get("HeadObject", 0) <= 9  # the window reaches the last ones late
     with pytest.raises(FileNotFoundError):

@@ -7,6 +7,7 @@ import errno
 import os
 import stat
 import subprocess
+import threading
 import time
 
 import pytest
@@ -413,6 +414,44 @@ def test_revalidation_costs(mounter, cos_server, bucket):
     cos_server.reset_stats()
     assert (m.path / "d" / "f07").stat().st_size == 7
     assert (cos_server.count("HeadObject"), cos_server.count("ListObjects")) == (1, 0)
+
+
+def test_a_slow_head_of_a_new_name_sends_the_list_beside_it(mounter, cos_server, bucket):
+    """The first lookup of a name whose HEAD is slow to answer (a distant endpoint)
+    does not wait for its 404 to ask whether a directory has the name: the LIST
+    reaches the server while the HEAD is still held there."""
+    make_client(cos_server, bucket).put_object("deep/er/file", b"x")
+    m = mounter()
+    cos_server.reset_stats()
+    cos_server.set_faults("HeadObject", latency_ms=3000)
+    looked_up: list[bool] = []
+    walker = threading.Thread(target=lambda: looked_up.append((m.path / "deep").is_dir()))
+    walker.start()
+    deadline = time.monotonic() + 2.5
+    while cos_server.count("ListObjects") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    listed_before_the_head_answered = cos_server.count("ListObjects") == 1
+    walker.join(30)
+    assert listed_before_the_head_answered
+    assert looked_up == [True]
+    assert (cos_server.count("HeadObject"), cos_server.count("ListObjects")) == (1, 1)
+
+
+def test_a_file_lookup_does_not_wait_for_the_list_beside_it(mounter, cos_server, bucket):
+    """An object answers at its HEAD, and wins over a directory of the same name."""
+    client = make_client(cos_server, bucket)
+    client.put_object("both", b"file")
+    client.put_object("both/inner", b"i")
+    m = mounter()
+    cos_server.set_faults("ListObjects", latency_ms=3000)
+    t0 = time.monotonic()
+    st_ = os.stat(m.path / "both")
+    waited = time.monotonic() - t0
+    assert stat.S_ISREG(st_.st_mode) and st_.st_size == 4
+    assert waited < 2.5, f"the lookup waited {waited:.1f} s for the LIST beside its HEAD"
+    cos_server.clear_faults()
+    with pytest.raises(NotADirectoryError):
+        os.listdir(m.path / "both")
 
 
 def test_unlinked_file_stays_readable_through_open_handles(mounter, cos_server, bucket):
