@@ -438,16 +438,20 @@ def test_a_slow_head_of_a_new_name_sends_the_list_beside_it(mounter, cos_server,
 
 
 def test_a_file_lookup_does_not_wait_for_the_list_beside_it(mounter, cos_server, bucket):
-    """An object answers at its HEAD, and wins over a directory of the same name."""
+    """An object answers at its HEAD, and wins over a directory of the same name:
+    the HEAD is slow enough for the LIST to go too, and the LIST slower still."""
     client = make_client(cos_server, bucket)
     client.put_object("both", b"file")
     client.put_object("both/inner", b"i")
     m = mounter()
+    cos_server.reset_stats()
+    cos_server.set_faults("HeadObject", latency_ms=200)
     cos_server.set_faults("ListObjects", latency_ms=3000)
     t0 = time.monotonic()
     st_ = os.stat(m.path / "both")
     waited = time.monotonic() - t0
     assert stat.S_ISREG(st_.st_mode) and st_.st_size == 4
+    assert cos_server.count("ListObjects") == 1  # sent beside the HEAD, still held
     assert waited < 2.5, f"the lookup waited {waited:.1f} s for the LIST beside its HEAD"
     cos_server.clear_faults()
     with pytest.raises(NotADirectoryError):
